@@ -1,0 +1,55 @@
+# Herald — the targets a newcomer needs. Every target sets up what it needs by itself:
+# the virtualenv (.venv), Python packages, Kafka jars, the PostgreSQL cluster, topics, migrations.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: help venv run test unit lint format dev-up dev-down dev-status clean
+
+help:
+	@echo "make run        bring up the local stack, topics, database; serve until Ctrl-C"
+	@echo "make test       every test (starts and stops the local stack itself)"
+	@echo "make unit       only the unit tests (no broker, no database)"
+	@echo "make lint       ruff (lint + format check) and mypy"
+	@echo "make dev-up     start the local stack (Kafka, PostgreSQL, SMTP sink, SMS stand-in)"
+	@echo "make dev-down   stop it"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(BIN)/herald run
+
+test: venv
+	$(BIN)/python -m pytest
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy herald services schemas tests
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+dev-up: venv
+	$(BIN)/herald dev up
+
+dev-down: venv
+	$(BIN)/herald dev down
+
+dev-status: venv
+	$(BIN)/herald dev status
+
+clean: dev-down
+	rm -rf .local

@@ -1,0 +1,21 @@
+"""Entry point of the ``herald`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from herald.cli import db, dev, topics
+from herald.cli.run import run
+
+app = typer.Typer(
+    help="Herald: event-driven notifications on Kafka and PostgreSQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dev.app, name="dev")
+app.add_typer(topics.app, name="topics")
+app.add_typer(db.app, name="db")
+app.command(name="run")(run)
+
+if __name__ == "__main__":
+    app()

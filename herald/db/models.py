@@ -1,0 +1,324 @@
+"""Herald's PostgreSQL tables as SQLAlchemy 2 declarative models.
+
+No table names a schema: the schema is chosen per connection through PostgreSQL's
+``search_path`` (see :mod:`herald.db.engine`), so the same models serve production
+(``DATABASE_SCHEMA``, default ``public``) and tests (a uuid-named schema each), and raw SQL or
+``COPY`` written by the consumers lands in the same schema as ORM writes.
+
+Ids follow DESIGN.md section 3: ``notification.id = uuid5(event_id, user_id)`` and
+``notification_delivery.id = uuid5(notification_id, channel)`` are computed by the application
+(``herald.identity``), never by the database, so every write can be an idempotent upsert.
+
+Constraint and index names are explicit (and mirrored by the migrations) so that upserts can
+name their conflict target and a migration can drop or alter them by name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, time
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    Time,
+    UniqueConstraint,
+    false,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: The delivery channels; they match the ``channel`` of each deliveries topic in
+#: ``schemas/topics.toml``.
+CHANNELS: Final = ("email", "sms", "inapp")
+
+#: Every state a delivery (and a delivery attempt) can be in.
+DELIVERY_STATUSES: Final = ("pending", "skipped", "sent", "delivered", "retrying", "failed", "dead")
+
+#: Names used for any constraint not named explicitly (``ck`` prefixes the short names given to
+#: check constraints below with their table name).
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+_CHANNEL_LIST = _sql_list(CHANNELS)
+_STATUS_LIST = _sql_list(DELIVERY_STATUSES)
+
+#: SQL conditions shared by the models and the migrations, so both say the same thing.
+CHANNEL_CHECK_SQL: Final = f"channel IN ({_CHANNEL_LIST})"
+STATUS_CHECK_SQL: Final = f"status IN ({_STATUS_LIST})"
+#: E.164: a plus sign, then up to 15 digits, the first not zero.
+PHONE_CHECK_SQL: Final = r"phone ~ '^\+[1-9][0-9]{1,14}$'"
+
+
+def channels_check_sql(column: str) -> str:
+    """SQL condition: every element of the text-array ``column`` is a known channel."""
+    return f"{column} <@ ARRAY[{_CHANNEL_LIST}]::text[]"
+
+
+class Base(DeclarativeBase):
+    """Declarative base: one MetaData for every Herald table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Text over VARCHAR (same storage in PostgreSQL, no arbitrary limits) and timestamps
+    # always with a time zone.
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute as is
+        str: Text(),
+        datetime: DateTime(timezone=True),
+        uuid.UUID: UUID(as_uuid=True),
+        dict[str, Any]: JSONB(),
+        list[str]: ARRAY(Text()),
+    }
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(server_default=func.now())
+
+
+def _updated_at() -> Mapped[datetime]:
+    # ``onupdate`` covers ORM updates; raw upserts must set ``updated_at = now()`` themselves.
+    return mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class EventType(Base):
+    """A kind of event applications publish (``comment.created``), with its templates."""
+
+    __tablename__ = "event_type"
+    __table_args__ = (
+        UniqueConstraint("code", name="uq_event_type_code"),
+        CheckConstraint(channels_check_sql("channels"), name="channels_known"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=func.gen_random_uuid()
+    )
+    code: Mapped[str]
+    name: Mapped[str]
+    description: Mapped[str | None]
+    #: Whether users who never chose get this event type.
+    default_enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    #: Inactive event types are refused by the router (events go to the events DLQ).
+    is_active: Mapped[bool] = mapped_column(server_default=text("true"))
+    #: Mandatory event types ignore user opt-outs (security, legal notices).
+    mandatory: Mapped[bool] = mapped_column(server_default=text("false"))
+    #: Urgent event types are delivered during quiet hours.
+    urgent: Mapped[bool] = mapped_column(server_default=text("false"))
+    #: Channels this event type is delivered on.
+    channels: Mapped[list[str]] = mapped_column(server_default=text("'{}'::text[]"))
+    #: channel -> {"title": ..., "body": ..., "html": ...} (Jinja2 sources).
+    templates: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class UserAccount(Base):
+    """A recipient: the application's user id and how to reach them."""
+
+    __tablename__ = "user_account"
+    __table_args__ = (CheckConstraint(PHONE_CHECK_SQL, name="phone_e164"),)
+
+    #: The application's own user id string (``u-123``), not a Herald-made id.
+    id: Mapped[str] = mapped_column(primary_key=True)
+    email: Mapped[str | None]
+    #: E.164 (``+4915112345678``).
+    phone: Mapped[str | None]
+    locale: Mapped[str] = mapped_column(server_default=text("'en'"))
+    #: IANA time zone name, used for quiet hours.
+    timezone: Mapped[str] = mapped_column(server_default=text("'UTC'"))
+    display_name: Mapped[str | None]
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class NotificationPreference(Base):
+    """A user's channel switches and quiet hours (one row per user)."""
+
+    __tablename__ = "notification_preference"
+    __table_args__ = (
+        # A quiet period needs both ends; start > end means it spans midnight.
+        CheckConstraint(
+            "(quiet_hours_start IS NULL) = (quiet_hours_end IS NULL)", name="quiet_hours_pair"
+        ),
+    )
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True
+    )
+    inapp_enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    email_enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    sms_enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    #: Local time in the user's time zone.
+    quiet_hours_start: Mapped[time | None] = mapped_column(Time())
+    quiet_hours_end: Mapped[time | None] = mapped_column(Time())
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class UserEventPreference(Base):
+    """A user's choice for one event type: on/off, and optionally which channels."""
+
+    __tablename__ = "user_event_preference"
+    __table_args__ = (
+        CheckConstraint(
+            f"channels IS NULL OR {channels_check_sql('channels')}", name="channels_known"
+        ),
+    )
+
+    # The primary key is the unique (user_id, event_type_code) pair: upserts conflict on it.
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_type_code: Mapped[str] = mapped_column(
+        ForeignKey("event_type.code", ondelete="CASCADE", onupdate="CASCADE"), primary_key=True
+    )
+    enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    #: Channel override; NULL means the event type's channels.
+    channels: Mapped[list[str] | None]
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class Notification(Base):
+    """One rendered notification for one user: a row of their inbox."""
+
+    __tablename__ = "notification"
+
+    # No foreign keys to user_account or event_type: notifications arrive from Kafka, where a
+    # user may be known only to the producers, and history must outlive a deleted event type.
+    #: uuid5(event_id, user_id), computed by the router.
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    event_id: Mapped[uuid.UUID]
+    user_id: Mapped[str]
+    #: The event type's code.
+    event_type: Mapped[str]
+    title: Mapped[str]
+    message: Mapped[str]
+    # ``metadata`` is reserved on declarative classes, hence the attribute name ``meta``.
+    meta: Mapped[dict[str, Any]] = mapped_column(
+        "metadata", server_default=text("'{}'::jsonb")
+    )
+    is_read: Mapped[bool] = mapped_column(server_default=text("false"))
+    read_at: Mapped[datetime | None]
+    archived_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = _created_at()
+
+
+# The inbox: newest first per user; ``id`` breaks ties so keyset pagination is exact.
+Index(
+    "ix_notification_inbox",
+    Notification.user_id,
+    Notification.created_at.desc(),
+    Notification.id.desc(),
+)
+#: The unread condition, exactly as the partial index states it. PostgreSQL uses a partial
+#: index only when it can prove the query's WHERE implies the index's: ``is_read = false`` and
+#: ``NOT is_read`` qualify, ``is_read IS false`` (SQLAlchemy's ``.is_(False)``) does not.
+UNREAD: Final = Notification.is_read == false()
+
+# Unread count and the unread filter read only unread rows, a small part of the table.
+Index(
+    "ix_notification_unread",
+    Notification.user_id,
+    Notification.created_at.desc(),
+    Notification.id.desc(),
+    postgresql_where=UNREAD,
+)
+# Which notifications did an event produce (support, replays).
+Index("ix_notification_event_id", Notification.event_id)
+
+
+class NotificationDelivery(Base):
+    """The latest state of one notification on one channel."""
+
+    __tablename__ = "notification_delivery"
+    __table_args__ = (
+        UniqueConstraint(
+            "notification_id", "channel", name="uq_notification_delivery_notification_id_channel"
+        ),
+        CheckConstraint(CHANNEL_CHECK_SQL, name="channel_known"),
+        CheckConstraint(STATUS_CHECK_SQL, name="status_known"),
+        CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
+    )
+
+    # Deliberately no foreign key to notification: status events (herald.delivery-status.v1)
+    # and notifications (herald.notifications.v1) travel on different topics, so a delivery's
+    # status can be written before its notification row exists.
+    #: delivery_id = uuid5(notification_id, channel); the providers' idempotency key.
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    notification_id: Mapped[uuid.UUID]
+    user_id: Mapped[str]
+    channel: Mapped[str]
+    status: Mapped[str] = mapped_column(server_default=text("'pending'"))
+    attempted_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    retry_count: Mapped[int] = mapped_column(Integer(), server_default=text("0"))
+    error_class: Mapped[str | None]
+    error_message: Mapped[str | None]
+    #: The provider's id for the sent message (SMTP Message-ID, SMS message sid).
+    provider_message_id: Mapped[str | None]
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
+
+
+class DeliveryAttempt(Base):
+    """The attempt history of a delivery: one row per status event."""
+
+    __tablename__ = "delivery_attempt"
+    __table_args__ = (
+        # A replayed status event hits this and is ignored (ON CONFLICT DO NOTHING).
+        UniqueConstraint(
+            "delivery_id",
+            "attempt",
+            "status",
+            name="uq_delivery_attempt_delivery_id_attempt_status",
+        ),
+        CheckConstraint(STATUS_CHECK_SQL, name="status_known"),
+        CheckConstraint("attempt >= 0", name="attempt_non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=True)
+    # No foreign key, for the same reason as notification_delivery.notification_id.
+    delivery_id: Mapped[uuid.UUID]
+    attempt: Mapped[int] = mapped_column(Integer())
+    status: Mapped[str]
+    error_class: Mapped[str | None]
+    error_message: Mapped[str | None]
+    occurred_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class KnownDevice(Base):
+    """A device a user has been seen on (new-device alerts)."""
+
+    __tablename__ = "known_device"
+
+    # No foreign key to user_account: devices are learnt from events, whose users may be known
+    # only on Kafka. The primary key is the unique (user_id, device_id) pair.
+    user_id: Mapped[str] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    user_agent: Mapped[str | None]
+    #: Reads return ``ipaddress`` objects; writes accept those or strings.
+    ip: Mapped[IPv4Address | IPv6Address | str | None] = mapped_column(INET())
+
+
+#: Every Herald table, for ``alembic`` autogenerate comparisons and tests.
+metadata: Final = Base.metadata
