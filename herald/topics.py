@@ -44,7 +44,9 @@ def create_topics(
         return results
     futures = admin.create_topics(
         [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication, config=configs)
+            NewTopic(
+                name, num_partitions=partitions, replication_factor=replication, config=configs
+            )
             for name, partitions, replication, configs in missing
         ],
         operation_timeout=timeout,
@@ -65,9 +67,8 @@ def delete_topics(kafka: KafkaSettings, names: list[str], timeout: float = 30.0)
     """Delete the named topics (tests clean up their uuid-prefixed topics with this)."""
     if not names:
         return
-    futures = AdminClient({"bootstrap.servers": kafka.bootstrap_servers}).delete_topics(
-        names, operation_timeout=timeout, request_timeout=timeout
-    )
+    admin = admin_client(kafka)  # kept referenced until the futures resolve
+    futures = admin.delete_topics(names, operation_timeout=timeout, request_timeout=timeout)
     for future in futures.values():
         try:
             future.result()

@@ -23,7 +23,9 @@ def downgrade(
 ) -> None:
     """Undo migrations down to REVISION."""
     if not yes:
-        typer.confirm(f"Downgrade the database to {revision}? Data in dropped tables is lost", abort=True)
+        typer.confirm(
+            f"Downgrade the database to {revision}? Data in dropped tables is lost", abort=True
+        )
     migrate.downgrade(revision=revision)
     typer.echo(f"database at {migrate.current()}")
 

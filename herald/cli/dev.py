@@ -54,7 +54,9 @@ def status(
         for part in parts:
             mark = "up  " if part["answering"] else "DOWN"
             where = "local" if part["managed"] else "external"
-            typer.echo(f"{mark} {part['name']:<9} {part['address']:<48} {where:<8} {part['detail']}")
+            typer.echo(
+                f"{mark} {part['name']:<9} {part['address']:<48} {where:<8} {part['detail']}"
+            )
         for name, url in apis.items():
             typer.echo(f"     {name:<9} {url}")
     if not all(part["answering"] for part in parts):

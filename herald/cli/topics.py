@@ -8,7 +8,9 @@ from confluent_kafka import KafkaException
 from herald.settings import get_settings
 from herald.topics import create_topics
 
-app = typer.Typer(help="Kafka topics from the catalogue in schemas/topics.toml.", no_args_is_help=True)
+app = typer.Typer(
+    help="Kafka topics from the catalogue in schemas/topics.toml.", no_args_is_help=True
+)
 
 
 @app.command()
@@ -22,7 +24,9 @@ def create(
         results = create_topics(settings.kafka, prefix=prefix, dry_run=dry_run)
     except KafkaException as exc:
         typer.secho(
-            f"error: Kafka at {settings.kafka.bootstrap_servers}: {exc}", fg=typer.colors.RED, err=True
+            f"error: Kafka at {settings.kafka.bootstrap_servers}: {exc}",
+            fg=typer.colors.RED,
+            err=True,
         )
         raise typer.Exit(1) from None
     for result in results:

@@ -18,11 +18,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, time
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from sqlalchemy import (
     BigInteger,
-    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -38,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 #: The delivery channels; they match the ``channel`` of each deliveries topic in
 #: ``schemas/topics.toml``.
@@ -82,7 +82,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     # Text over VARCHAR (same storage in PostgreSQL, no arbitrary limits) and timestamps
     # always with a time zone.
-    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute as is
+    type_annotation_map: ClassVar[dict[Any, TypeEngine[Any]]] = {
         str: Text(),
         datetime: DateTime(timezone=True),
         uuid.UUID: UUID(as_uuid=True),
@@ -212,9 +212,7 @@ class Notification(Base):
     title: Mapped[str]
     message: Mapped[str]
     # ``metadata`` is reserved on declarative classes, hence the attribute name ``meta``.
-    meta: Mapped[dict[str, Any]] = mapped_column(
-        "metadata", server_default=text("'{}'::jsonb")
-    )
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", server_default=text("'{}'::jsonb"))
     is_read: Mapped[bool] = mapped_column(server_default=text("false"))
     read_at: Mapped[datetime | None]
     archived_at: Mapped[datetime | None]

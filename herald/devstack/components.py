@@ -182,8 +182,14 @@ class Kafka(Component):
         print(f"kafka: fetching Apache Kafka {version} jars from Maven Central (once)...")
         result = subprocess.run(
             [
-                "mvn", "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
-                f"-DoutputDirectory={self.libs}", "-DincludeScope=runtime",
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(KAFKA_POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={self.libs}",
+                "-DincludeScope=runtime",
             ],
             capture_output=True,
             text=True,
@@ -253,7 +259,9 @@ class Kafka(Component):
         if not (self.dir / "data" / "meta.properties").exists():
             cluster_id = self._cluster_id()
             result = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+                self._java(
+                    "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)
+                ),
                 capture_output=True,
                 text=True,
             )

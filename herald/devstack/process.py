@@ -67,7 +67,9 @@ def ensure_port_free(port: int, what: str) -> None:
         )
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, log: Path | None = None
+) -> None:
     """Poll ``check`` until it is true; on timeout raise a StackError naming the log to read."""
     deadline = time.monotonic() + timeout
     delay = 0.05
@@ -134,11 +136,9 @@ def terminate(pidfile: Path, what: str, timeout: float = 20.0) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        # Reap it if it is our child, so a zombie does not look alive.
+    # Reap it if it is our child, so a zombie does not look alive.
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -92,7 +92,7 @@ class Handler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
-    async def handle_RCPT(  # noqa: N802 (aiosmtpd's hook name)
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         reply = self.sink.fault_for(address)
@@ -102,9 +102,7 @@ class Handler:
         self.sink.record(address, reply)
         return reply
 
-    async def handle_DATA(  # noqa: N802
-        self, server: SMTP, session: Session, envelope: Envelope
-    ) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.sink.save(envelope)
         return "250 Message accepted for delivery"
 
@@ -119,7 +117,7 @@ def _api(sink: Sink) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             if self.path.startswith("/messages"):
                 self._send(200, sink.messages())
             elif self.path.startswith("/log"):
@@ -130,7 +128,7 @@ def _api(sink: Sink) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(404, {"detail": f"no route {self.path}"})
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if not self.path.startswith("/faults"):
                 self._send(404, {"detail": f"no route {self.path}"})
                 return
@@ -145,7 +143,7 @@ def _api(sink: Sink) -> type[BaseHTTPRequestHandler]:
                 sink.faults.append(fault)
             self._send(201, fault)
 
-        def do_DELETE(self) -> None:  # noqa: N802
+        def do_DELETE(self) -> None:
             if self.path.startswith("/messages"):
                 sink.clear()
             elif self.path.startswith("/faults"):

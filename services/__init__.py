@@ -1,0 +1,1 @@
+"""Herald services: one package per deployable process."""

@@ -1,0 +1,1 @@
+"""Herald service: email_sender."""

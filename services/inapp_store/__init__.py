@@ -1,0 +1,1 @@
+"""Herald service: inapp_store."""

@@ -1,0 +1,1 @@
+"""Herald service: sms_sender."""

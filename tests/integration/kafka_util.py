@@ -1,0 +1,47 @@
+"""Reading topics back in tests: everything from the beginning up to the high watermarks."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+from herald.settings import KafkaSettings
+
+
+def read_all(kafka: KafkaSettings, topic: str, timeout: float = 20.0) -> list[Message]:
+    """Every record now in ``topic`` (all partitions), in partition/offset order."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions)
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        wanted = {p: end for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in wanted])
+        out: list[Message] = []
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(done) < len(wanted):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"read {len(out)} records of {topic}, partitions {done} done")
+            for message in consumer.consume(500, 0.5):
+                if message.error():
+                    continue
+                out.append(message)
+                partition, offset = message.partition() or 0, message.offset() or 0
+                if offset + 1 >= wanted[partition]:
+                    done.add(partition)
+        return sorted(out, key=lambda m: (m.partition() or 0, m.offset() or 0))
+    finally:
+        consumer.close()
