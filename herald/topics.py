@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
@@ -60,7 +61,28 @@ def create_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
             results.append(TopicResult(name, "exists"))
+    _wait_until_served(admin, [t[0] for t in missing], timeout)
     return results
+
+
+def _wait_until_served(admin: AdminClient, names: list[str], timeout: float) -> None:
+    """Return once every partition of ``names`` has a leader: a creation is acknowledged
+    before the broker serves the topic, and a client that races it gets UNKNOWN_TOPIC."""
+    deadline = time.monotonic() + timeout
+    pending = set(names)
+    while pending:
+        topics = admin.list_topics(timeout=timeout).topics
+        pending = {
+            name
+            for name in pending
+            if name not in topics
+            or topics[name].error is not None
+            or any(p.leader < 0 for p in topics[name].partitions.values())
+        }
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"topics not served after {timeout}s: {sorted(pending)[:5]}")
+        if pending:
+            time.sleep(0.05)
 
 
 def delete_topics(kafka: KafkaSettings, names: list[str], timeout: float = 30.0) -> None:
