@@ -8,7 +8,8 @@ uuid-prefixed topics and its own uuid-named database schema, so tests never see 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,6 +19,7 @@ from herald.devstack import stack
 from herald.settings import DatabaseSettings, KafkaSettings, Settings, get_settings
 from herald.topics import create_topics, delete_topics
 from schemas import CATALOGUE, Catalogue
+from tests.integration.services import ServiceProcess, start_service
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,3 +60,26 @@ def db_settings(local_stack: Settings) -> Iterator[DatabaseSettings]:
     finally:
         with psycopg.connect(settings.libpq_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def run_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start service processes for this test; every one still running is stopped afterwards.
+
+    Usage: ``run_service("services.email_sender", env)``; on failure the logs are printed.
+    """
+    started: list[ServiceProcess] = []
+
+    def run(
+        module: str, env: dict[str, str], *args: str, name: str | None = None
+    ) -> ServiceProcess:
+        service = start_service(module, env, tmp_path / "logs", *args, name=name)
+        started.append(service)
+        return service
+
+    yield run
+    for service in started:
+        service.stop()
+    for service in started:
+        print(f"----- {service.name} (exit {service.proc.returncode}) -----")
+        print(service.output()[-4000:])
