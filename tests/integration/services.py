@@ -1,17 +1,11 @@
-"""Running Herald's services as real processes in tests (``python -m services.<name>``)."""
+"""Running Herald's services as real processes in tests (see herald.supervisor)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
-from herald import PROJECT_ROOT
 from herald.settings import DatabaseSettings, KafkaSettings
+from herald.supervisor import ServiceProcess, start_service
+
+__all__ = ["TEST_RETRY_DELAYS_MS", "ServiceProcess", "service_env", "start_service"]
 
 #: Short retry tiers for tests (the catalogue's defaults are 30 s, 5 min, 30 min).
 TEST_RETRY_DELAYS_MS = "500,1000,2000"
@@ -33,43 +27,3 @@ def service_env(
         env["DATABASE_SCHEMA"] = database.database_schema
     env.update(extra)
     return env
-
-
-@dataclass
-class ServiceProcess:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Signal the service and wait for it to exit; SIGKILL if it does not in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-
-def start_service(
-    module: str, env: dict[str, str], log_dir: Path, *args: str, name: str | None = None
-) -> ServiceProcess:
-    """Start ``python -m <module> [args]`` with ``env`` on top of this process's environment."""
-    name = name or module.rsplit(".", 1)[-1]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{name}-{time.time_ns()}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            cwd=PROJECT_ROOT,
-            env={**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    return ServiceProcess(name, proc, log)
