@@ -6,13 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test unit lint format dev-up dev-down dev-status clean
+.PHONY: help venv run test unit lint format bench dev-up dev-down dev-status clean
 
 help:
 	@echo "make run        bring up the local stack, topics, database; serve until Ctrl-C"
 	@echo "make test       every test (starts and stops the local stack itself)"
 	@echo "make unit       only the unit tests (no broker, no database)"
 	@echo "make lint       ruff (lint + format check) and mypy"
+	@echo "make bench      throughput and latency of the pipeline; writes bench/results/latest.json"
 	@echo "make dev-up     start the local stack (Kafka, PostgreSQL, SMTP sink, SMS stand-in)"
 	@echo "make dev-down   stop it"
 
@@ -36,11 +37,14 @@ unit: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy herald services schemas tests
+	$(BIN)/mypy herald services schemas tests bench
 
 format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 dev-up: venv
 	$(BIN)/herald dev up
