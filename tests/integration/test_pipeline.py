@@ -188,7 +188,7 @@ def test_events_reach_every_channel_exactly_once(pipeline: Pipeline) -> None:
 
     wait_for(all_final, 90, "9 final delivery statuses (3 users x 3 channels)")
     for user in (alice, bob):
-        emails = wait_for(lambda u=user: pipeline.emails_to(contacts[u]["email"]), 30, "email")
+        emails = pipeline.emails_to(contacts[user]["email"])  # sent before its status
         assert len(emails) == 1
         assert emails[0]["subject"] == "New comment on Kafka at scale"
         assert "Nice post!" in emails[0]["raw"]
