@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from herald.cli import db, dev, topics
+from herald.cli import db, dev, dlq, topics
 from herald.cli.run import run
 
 app = typer.Typer(
@@ -15,6 +15,7 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(topics.app, name="topics")
 app.add_typer(db.app, name="db")
+app.add_typer(dlq.app, name="dlq")
 app.command(name="run")(run)
 
 if __name__ == "__main__":
