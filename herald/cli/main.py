@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from herald.cli import db, dev, dlq, topics
+from herald.cli.publish import publish
 from herald.cli.run import run
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app.add_typer(topics.app, name="topics")
 app.add_typer(db.app, name="db")
 app.add_typer(dlq.app, name="dlq")
 app.command(name="run")(run)
+app.command(name="publish")(publish)
 
 if __name__ == "__main__":
     app()
