@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from herald.errors import ProcessingError, RetryableError
 from herald.metrics import BATCH_SIZE, PROCESSING_SECONDS, RECORDS_IN, RECORDS_OUT
@@ -128,6 +128,70 @@ def failure_record(
 
 
 BatchHandler = Callable[[list[Message]], list[Outgoing]]
+#: When a record may be processed (epoch seconds), or None for "now".
+NotBefore = Callable[[Message], float | None]
+
+
+def header_not_before(message: Message) -> float | None:
+    """The record's ``x-not-before`` (epoch seconds), or None when absent or unreadable."""
+    value = headers_dict(message).get(H_NOT_BEFORE)
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        # A mangled header must not park a partition forever; process the record now.
+        log.warning("ignoring unreadable %s header %r", H_NOT_BEFORE, value)
+        return None
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """A partition to rewind to ``offset`` and pause until ``not_before`` (epoch seconds)."""
+
+    topic: str
+    partition: int
+    offset: int
+    not_before: float
+
+
+def split_due(
+    messages: Sequence[Message], not_before: NotBefore, now: float
+) -> tuple[list[Message], list[Deferral]]:
+    """Split a batch into the records due now and one deferral per partition that must wait.
+
+    The first record of a partition that is not yet due stops that partition: it and every
+    later record of the partition wait (a retry tier is in not-before order, and order within
+    a partition is kept).
+    """
+    due: list[Message] = []
+    deferred: dict[tuple[str, int], Deferral] = {}
+    for message in messages:
+        key = (message.topic() or "", message.partition() or 0)
+        if key in deferred:
+            continue
+        when = not_before(message)
+        if when is not None and when > now:
+            deferred[key] = Deferral(key[0], key[1], message.offset() or 0, when)
+        else:
+            due.append(message)
+    return due, list(deferred.values())
+
+
+def commit_offsets(
+    processed: Sequence[Message], deferrals: Sequence[Deferral] = ()
+) -> list[TopicPartition]:
+    """The offsets to commit after a batch: past each processed record, but never past a
+    deferred one (it is consumed again when its partition resumes)."""
+    positions: dict[tuple[str, int], int] = {}
+    for message in processed:
+        key = (message.topic() or "", message.partition() or 0)
+        positions[key] = max(positions.get(key, 0), (message.offset() or 0) + 1)
+    for deferral in deferrals:
+        positions[(deferral.topic, deferral.partition)] = deferral.offset
+    return [
+        TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()
+    ]
 
 
 class BatchLoop:
@@ -136,6 +200,10 @@ class BatchLoop:
     The handler makes its own effects durable (a database commit, an SMTP send) before it
     returns; the loop then waits for every produced record to be acknowledged before it
     commits the batch's offsets, so a crash anywhere replays the batch instead of losing it.
+
+    With ``not_before`` (e.g. :func:`header_not_before` for retry tiers), a record that is not
+    due yet is not handed to the handler: its partition is rewound to it and paused until
+    then, while every other partition keeps flowing (the consumer itself never sleeps).
     """
 
     def __init__(
@@ -149,8 +217,12 @@ class BatchLoop:
         batch_size: int = 500,
         poll_timeout: float = 0.1,
         consumer_overrides: dict[str, Any] | None = None,
+        not_before: NotBefore | None = None,
     ) -> None:
         self.service = service
+        self.not_before = not_before
+        #: Paused partitions and when each may resume (epoch seconds).
+        self.paused: dict[tuple[str, int], float] = {}
         self.topics = list(topics)
         self.handler = handler
         self.batch_size = batch_size
@@ -170,7 +242,8 @@ class BatchLoop:
         signal.signal(signal.SIGINT, lambda *_: self.stop())
 
     def run(self) -> None:
-        self.consumer.subscribe(self.topics)
+        """Consume until :meth:`stop`; then flush the producer and leave the group."""
+        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         try:
             while not self.stop_event.is_set():
                 self.run_once()
@@ -180,6 +253,7 @@ class BatchLoop:
 
     def run_once(self) -> int:
         """Process one batch; return how many records it held."""
+        self._resume_due()
         messages = self.consumer.consume(self.batch_size, self.poll_timeout)
         if not messages:
             self.producer.poll(0)
@@ -193,14 +267,50 @@ class BatchLoop:
                     log.warning("consumer error", extra={"error": str(error)})
                 continue
             records.append(message)
+        deferrals: list[Deferral] = []
+        if self.not_before is not None:
+            records, deferrals = split_due(records, self.not_before, time.time())
+            self._defer(deferrals)
+        for message in records:
             RECORDS_IN.labels(self.service, message.topic()).inc()
         BATCH_SIZE.labels(self.service).observe(len(records))
         outgoing = self.handler(records) if records else []
         self.publish(outgoing)
-        if records:
-            self.consumer.commit(asynchronous=False)
+        offsets = commit_offsets(records, deferrals)
+        if offsets:
+            # Explicit offsets: a rewound partition must not commit past its deferred record.
+            self.consumer.commit(offsets=offsets, asynchronous=False)
         PROCESSING_SECONDS.labels(self.service).observe(time.perf_counter() - started)
         return len(records)
+
+    def _defer(self, deferrals: Sequence[Deferral]) -> None:
+        for deferral in deferrals:
+            partition = TopicPartition(deferral.topic, deferral.partition, deferral.offset)
+            self.consumer.pause([partition])
+            self.consumer.seek(partition)  # also drops what was prefetched past the record
+            self.paused[(deferral.topic, deferral.partition)] = deferral.not_before
+
+    def _resume_due(self) -> None:
+        if not self.paused:
+            return
+        now = time.time()
+        due = [key for key, when in self.paused.items() if when <= now]
+        if due:
+            self.consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
+            for key in due:
+                del self.paused[key]
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Resume before giving a partition up, so it does not come back paused if it is
+        # assigned here again; its new owner starts from the committed (deferred) offset.
+        mine = [p for p in partitions if (p.topic, p.partition) in self.paused]
+        for p in mine:
+            del self.paused[(p.topic, p.partition)]
+        if mine:
+            try:
+                consumer.resume(mine)
+            except KafkaException as exc:  # lost partitions may be gone already
+                log.info("could not resume revoked partitions", extra={"error": str(exc)})
 
     def publish(self, outgoing: list[Outgoing]) -> None:
         """Produce every record and wait until the broker has acknowledged all of them."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from herald.settings import KafkaSettings
 
@@ -23,10 +23,7 @@ def read_all(kafka: KafkaSettings, topic: str, timeout: float = 20.0) -> list[Me
     try:
         metadata = consumer.list_topics(topic, timeout=10)
         partitions = sorted(metadata.topics[topic].partitions)
-        ends = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        }
+        ends = {p: _high_watermark(consumer, topic, p) for p in partitions}
         wanted = {p: end for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in wanted])
         out: list[Message] = []
@@ -45,3 +42,16 @@ def read_all(kafka: KafkaSettings, topic: str, timeout: float = 20.0) -> list[Me
         return sorted(out, key=lambda m: (m.partition() or 0, m.offset() or 0))
     finally:
         consumer.close()
+
+
+def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout: float = 15.0) -> int:
+    """The partition's end offset; retried while a just-created topic's leadership settles
+    (the broker may briefly answer NOT_LEADER_FOR_PARTITION)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), 5)[1])
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -1,0 +1,251 @@
+"""What Herald's HTTP APIs share: errors as RFC 9457 problem details, readable validation
+errors, and Prometheus metrics (a ``/metrics`` route and per-request timings).
+
+Every error a client sees has one shape, ``application/problem+json``::
+
+    {"type": "urn:herald:problem:unknown-event-type", "title": "Unknown event type",
+     "status": 422, "detail": "unknown event type 'comment.creatd'", "instance": "/v1/events"}
+
+plus extension members where they help (``errors`` on validation failures). Raise
+:class:`Problem` from any endpoint or dependency; :func:`install_problem_handlers` turns it,
+FastAPI's request validation errors, Starlette's HTTP errors and unexpected exceptions into that
+shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+#: ``type`` of a problem that means no more than its HTTP status (RFC 9457 section 4.2.1).
+BLANK = "about:blank"
+
+HTTP_SECONDS = Histogram(
+    "herald_http_request_seconds",
+    "HTTP requests by route template, method and status, with their duration",
+    ["service", "method", "route", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+# Parts of a request FastAPI names first in an error's location; the field path is the rest.
+_REQUEST_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
+# Tags of discriminated unions written ``<name>``: pydantic puts the tag into an error's
+# location, where it means nothing to a client, so field paths leave it out.
+_UNION_TAG = re.compile(r"^<[^<>]*>$")
+# pydantic prefixes messages from ``ValueError`` in validators; the rest is ours and readable.
+_VALUE_ERROR_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+class ProblemDetail(BaseModel):
+    """An error response (RFC 9457 problem details)."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:herald:problem:unknown-event-type",
+                    "title": "Unknown event type",
+                    "status": 422,
+                    "detail": "unknown event type 'comment.creatd'",
+                    "instance": "/v1/events",
+                }
+            ]
+        },
+    )
+
+    type: str = Field(BLANK, description="URI naming the kind of problem.")
+    title: str = Field(description="Short summary of the kind of problem.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What went wrong with this request, for a person to read.")
+    instance: str | None = Field(None, description="The request path.")
+
+
+class Problem(Exception):
+    """Raise to answer with a problem-details error.
+
+    ``kind`` is a short slug (``unknown-event-type``) that becomes the problem's ``type`` URI;
+    ``extensions`` are extra members of the body (e.g. the offending codes).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        kind: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = f"urn:herald:problem:{kind}" if kind else BLANK
+        self.headers = headers
+        self.extensions = extensions
+
+
+def problem_response(
+    request: Request | None,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    type_: str = BLANK,
+    headers: Mapping[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
+    """A problem-details response (``application/problem+json``)."""
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    if request is not None:
+        body["instance"] = request.url.path
+    body.update(extensions)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """An error location as a path a client recognises: ``events[2].recipients``."""
+    parts = list(loc)
+    if parts and parts[0] in _REQUEST_PARTS and len(parts) > 1:
+        parts = parts[1:]
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not _UNION_TAG.match(part):
+            path += f".{part}" if path else part
+    return path or "body"
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """pydantic/FastAPI errors as ``{"field": ..., "message": ...}`` pairs a person can read."""
+    described = []
+    for error in errors:
+        message = str(error.get("msg", "is not valid"))
+        for prefix in _VALUE_ERROR_PREFIXES:
+            message = message.removeprefix(prefix)
+        if error.get("type") == "missing":
+            message = "is required"
+        elif error.get("type") == "json_invalid":
+            message = f"is not valid JSON: {error.get('ctx', {}).get('error', message)}"
+        elif error.get("type") == "extra_forbidden":
+            message = "is not a known field"
+        elif error.get("type") in ("model_type", "model_attributes_type", "dict_type"):
+            message = "must be a JSON object"
+        described.append({"field": field_path(error.get("loc", ())), "message": message})
+    return described
+
+
+async def _on_problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(
+        request,
+        exc.status,
+        exc.title,
+        exc.detail,
+        type_=exc.type,
+        headers=exc.headers,
+        **exc.extensions,
+    )
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = describe_validation_errors(exc.errors())
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem_response(
+        request,
+        422,
+        "Request is not valid",
+        detail,
+        type_="urn:herald:problem:validation-error",
+        errors=errors,
+    )
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    title = _reason(exc.status_code)
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    if exc.status_code == 404 and detail == title:
+        detail = f"no route {request.method} {request.url.path}; see /docs"
+    return problem_response(request, exc.status_code, title, detail, headers=exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log, never to the client.
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem_response(
+        request, 500, "Internal Server Error", "an unexpected error occurred; see the server log"
+    )
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Answer every error of ``app`` as problem details (validation errors keep status 422)."""
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each a :class:`ProblemDetail`."""
+    return {
+        status: {
+            "model": ProblemDetail,
+            "description": _reason(status),
+            # The model registers the schema (FastAPI lists it under application/json too).
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}},
+        }
+        for status in statuses
+    }
+
+
+def install_metrics(app: FastAPI, service: str) -> None:
+    """Serve Prometheus ``/metrics`` from ``app`` and time every request by route template."""
+
+    @app.middleware("http")
+    async def time_request(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            # The route template (/v1/users/{user_id}), never the raw path: label values must
+            # stay few.
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            HTTP_SECONDS.labels(service, request.method, template, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,68 @@
+"""The email sender: SMTP delivery of ``herald.deliveries.email.v1`` and its retry tiers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from herald import logs
+from herald.db import make_engine
+from herald.metrics import serve_metrics
+from herald.sender import run_sender, sent_lookup
+from herald.settings import get_settings
+from schemas import CATALOGUE
+from services.email_sender.message import build_message, envelope_sender
+from services.email_sender.settings import EmailSenderSettings
+from services.email_sender.smtp import SmtpEndpoint, SmtpTransport
+
+SERVICE = "email_sender"
+CHANNEL = "email"
+
+
+class EmailSender:
+    """The email channel's send function: build the message, hand it to SMTP.
+
+    Returns the Message-ID (``<delivery_id@herald>``) as the provider message id.
+    """
+
+    def __init__(self, transport: SmtpTransport, from_header: str) -> None:
+        self.transport = transport
+        self.from_header = from_header
+        # Checked once at start-up: a bad EMAIL_FROM should stop the service, not fail mail.
+        self.envelope_from = envelope_sender(from_header)
+
+    def __call__(self, request: Mapping[str, Any]) -> str:
+        message = build_message(request, from_header=self.from_header)
+        self.transport.send(
+            message, envelope_from=self.envelope_from, recipient=request["destination"]
+        )
+        return str(message["Message-ID"])
+
+
+def main() -> int:
+    """Run the email sender until SIGTERM; return the process exit status."""
+    own = EmailSenderSettings()
+    logs.configure(own.log_level)
+    settings = get_settings()
+    serve_metrics(own.metrics_port)
+    transport = SmtpTransport(
+        SmtpEndpoint.from_url(settings.smtp.smtp_url),
+        timeout=own.smtp_timeout_seconds,
+        idle_check_seconds=own.smtp_idle_check_seconds,
+    )
+    engine = make_engine(settings.database, pool_size=1, max_overflow=1)
+    try:
+        return run_sender(
+            service=SERVICE,
+            channel=CHANNEL,
+            send=EmailSender(transport, settings.smtp.email_from),
+            catalogue=CATALOGUE.with_prefix(settings.kafka.topic_prefix),
+            kafka=settings.kafka,
+            already_sent=sent_lookup(engine),
+            batch_size=own.batch_size,
+            max_consecutive_failures=own.max_consecutive_failures,
+            batch_budget_seconds=own.batch_budget_seconds,
+        )
+    finally:
+        transport.close()
+        engine.dispose()

@@ -1,0 +1,98 @@
+"""The ingest/admin API application: ``create_app(settings)`` wires routers, dependencies,
+problem-details errors and metrics around one engine and one Kafka publisher per process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI, Request, Response
+from sqlalchemy.exc import OperationalError
+
+from herald.db import make_engine, session_factory
+from herald.settings import Settings, get_settings
+from herald.webapi import install_metrics, install_problem_handlers, problem_response
+from schemas import CATALOGUE
+from services.ingest import event_types, events, health, preferences, users
+from services.ingest.publisher import Publisher
+from services.ingest.settings import IngestSettings
+
+SERVICE = "ingest"
+
+DESCRIPTION = """
+Publish events to Herald over HTTP, and administer what the router needs to know: event types
+(with their templates), users (how to reach them) and their preferences.
+
+Every admin write is stored in PostgreSQL, then published to its compacted Kafka topic before
+the response, so the router sees it at once. Every error is an RFC 9457 problem
+(`application/problem+json`) whose `detail` says what to fix.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    ingest: IngestSettings | None = None,
+    *,
+    publisher: Publisher | None = None,
+) -> FastAPI:
+    """The FastAPI application; resources are opened at startup and closed at shutdown.
+
+    ``settings`` default to the environment's; ``publisher`` may be given (tests), and is then
+    left open at shutdown for its owner to close.
+    """
+    settings = settings or get_settings()
+    ingest = ingest or IngestSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(
+            settings.database,
+            pool_size=ingest.db_pool_size,
+            max_overflow=ingest.db_pool_size,
+            connect_args={"connect_timeout": max(int(ingest.ready_timeout_s), 1)},
+        )
+        own_publisher = publisher is None
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        app.state.publisher = publisher or Publisher(
+            settings.kafka, timeout_s=ingest.publish_timeout_s, service=SERVICE
+        )
+        app.state.catalogue = CATALOGUE.with_prefix(settings.kafka.topic_prefix)
+        app.state.ingest_settings = ingest
+        try:
+            yield
+        finally:
+            if own_publisher:
+                await anyio.to_thread.run_sync(app.state.publisher.close)
+            engine.dispose()
+
+    app = FastAPI(
+        title="Herald ingest API",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    install_metrics(app, SERVICE)
+    app.include_router(health.router)
+    app.include_router(events.router)
+    app.include_router(event_types.router)
+    app.include_router(users.router)
+    app.include_router(preferences.router)
+    return app
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    # Connection refused, server gone, timeouts: transient, so 503 and not 500. Only the
+    # first line: the rest is SQLAlchemy's boilerplate.
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    return problem_response(
+        request,
+        503,
+        "Database unavailable",
+        f"PostgreSQL did not answer ({reason}); try again",
+        type_="urn:herald:problem:database-unavailable",
+        headers={"Retry-After": "5"},
+    )

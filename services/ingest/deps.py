@@ -1,0 +1,81 @@
+"""Request dependencies of the ingest API, as ``Annotated`` aliases.
+
+The process-wide resources (engine, publisher, catalogue, settings) live on ``app.state``,
+set up by :func:`services.ingest.app.create_app`'s lifespan; these aliases hand them to the
+endpoints. ``Caller`` is the seam where authentication will go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from pydantic import AfterValidator
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from schemas import Catalogue
+from services.ingest.publisher import Publisher
+from services.ingest.settings import IngestSettings
+from services.ingest.validation import check_user_id
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling. Everyone is allowed for now; API keys and per-user tokens come later."""
+
+    name: str
+
+
+ANONYMOUS = Caller(name="http-ingest")
+
+
+def authorize(request: Request) -> Caller:
+    """The security seam: every route depends on it. It allows every request today."""
+    return ANONYMOUS
+
+
+def _engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def _session(request: Request) -> Iterator[Session]:
+    # One connection for the whole request: record_lock's session-level advisory lock must be
+    # taken and released on the same connection as the writes and commit it protects.
+    state = request.app.state
+    with state.engine.connect() as connection, state.sessions(bind=connection) as session:
+        yield session
+
+
+def _publisher(request: Request) -> Publisher:
+    publisher: Publisher = request.app.state.publisher
+    return publisher
+
+
+def _catalogue(request: Request) -> Catalogue:
+    catalogue: Catalogue = request.app.state.catalogue
+    return catalogue
+
+
+def _ingest_settings(request: Request) -> IngestSettings:
+    settings: IngestSettings = request.app.state.ingest_settings
+    return settings
+
+
+CallerDep = Annotated[Caller, Depends(authorize)]
+#: The engine, for short reads that need no request-long connection (the events hot path).
+DbEngine = Annotated[Engine, Depends(_engine)]
+#: A session on a connection held for the request (admin reads and writes).
+DbSession = Annotated[Session, Depends(_session)]
+Publish = Annotated[Publisher, Depends(_publisher)]
+Topics = Annotated[Catalogue, Depends(_catalogue)]
+Limits = Annotated[IngestSettings, Depends(_ingest_settings)]
+#: A ``{user_id}`` path parameter, checked like every user id.
+UserPath = Annotated[
+    str,
+    Path(description="The application's user id.", examples=["user-42"]),
+    AfterValidator(check_user_id),
+]

@@ -1,0 +1,34 @@
+"""Settings of the ingest/admin API (environment prefix ``INGEST_``).
+
+Where Kafka and PostgreSQL are comes from the shared settings (``KAFKA_*``, ``DATABASE_*``);
+the port from ``HERALD_INGEST_PORT``. This class holds only what is the API's own.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IngestSettings(BaseSettings):
+    """Limits and timeouts of the ingest API."""
+
+    model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore")
+
+    #: Interface to listen on; loopback unless deliberately exposed.
+    host: str = "127.0.0.1"
+    #: Most events one ``POST /v1/events`` may carry; more is answered 413.
+    max_batch_events: int = Field(default=1000, ge=1, le=100_000)
+    #: Most recipients one event may name.
+    max_recipients: int = Field(default=10_000, ge=1)
+    #: How long a request waits for Kafka to acknowledge its records before answering 503.
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    #: How long /readyz waits for PostgreSQL and Kafka to answer.
+    ready_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    #: Database connections kept per process (requests beyond wait for one).
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    #: A separate Prometheus port (0: none; /metrics on the API port always works).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: Log one line per request (uvicorn's access log).
+    access_log: bool = True
+    log_level: str = "INFO"

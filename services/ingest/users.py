@@ -1,0 +1,213 @@
+"""``/v1/users/{user_id}``: recipients and how to reach them (admin).
+
+A write goes to ``user_account`` first, then the user is published as ``herald.User`` on the
+compacted ``herald.users.v1`` (key: user id). A user created without preferences also gets
+default preferences (every channel on); the user's current preferences are published with the
+user, so the router knows the user's choices from the first event on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Body, Depends, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Table, literal_column, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from herald.db.models import NotificationPreference, UserAccount
+from herald.serde import encode
+from herald.streaming import Outgoing
+from herald.webapi import Problem, problem_responses
+from schemas import Catalogue
+from services.ingest.admin import publish_or_503, record_lock
+from services.ingest.deps import DbSession, Publish, Topics, UserPath, authorize
+from services.ingest.preferences import (
+    preferences_outgoing,
+    preferences_record,
+    stored_preferences,
+)
+from services.ingest.validation import (
+    Email,
+    Locale,
+    Phone,
+    TimeZoneName,
+    UserId,
+)
+
+SCHEMA = "herald.User"
+USER = cast(Table, UserAccount.__table__)
+PREFERENCE = cast(Table, NotificationPreference.__table__)
+
+router = APIRouter(
+    prefix="/v1/users",
+    tags=["users"],
+    dependencies=[Depends(authorize)],
+    responses=problem_responses(422, 503),
+)
+
+
+class UserIn(BaseModel):
+    """A user's contact data (what is left out takes its default)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "ada@example.com",
+                    "phone": "+14155550123",
+                    "locale": "en-GB",
+                    "timezone": "Europe/London",
+                    "display_name": "Ada",
+                }
+            ]
+        },
+    )
+
+    user_id: UserId | None = Field(None, description="May repeat the path's user id.")
+    email: Email | None = None
+    phone: Phone | None = Field(None, description="E.164; spaces and dashes are dropped.")
+    locale: Locale = "en"
+    timezone: TimeZoneName = Field("UTC", description="IANA name, used for quiet hours.")
+    display_name: str | None = Field(None, max_length=200)
+
+
+class UserOut(BaseModel):
+    """A user as stored."""
+
+    user_id: str
+    email: str | None
+    phone: str | None
+    locale: str
+    timezone: str
+    display_name: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def user_record(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """The ``herald.User`` record of a stored ``user_account`` row."""
+    return {
+        "user_id": row["id"],
+        "email": row["email"],
+        "phone": row["phone"],
+        "locale": row["locale"],
+        "timezone": row["timezone"],
+        "display_name": row["display_name"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def user_out(row: Mapping[Any, Any]) -> UserOut:
+    """The API representation of a stored row."""
+    return UserOut(
+        **{k: v for k, v in user_record(row).items() if k != "updated_at"},
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _user_outgoing(topics: Catalogue, row: Mapping[Any, Any]) -> Outgoing:
+    return Outgoing(topics.users.name, row["id"], encode(SCHEMA, user_record(row)))
+
+
+def _stored(session: Session, user_id: str) -> Any:
+    return session.execute(select(USER).where(USER.c.id == user_id)).mappings().first()
+
+
+@router.put(
+    "/{user_id}",
+    response_model=UserOut,
+    responses={201: {"model": UserOut, "description": "Created"}},
+    summary="Create or replace a user",
+)
+def put_user(
+    user_id: UserPath,
+    body: Annotated[UserIn, Body()],
+    session: DbSession,
+    publisher: Publish,
+    topics: Topics,
+    response: Response,
+) -> UserOut:
+    """Create the user (201) or replace their contact data (200), and publish it.
+
+    A user without preferences gets default ones (every channel on); the user's preferences
+    are published with the user.
+    Idempotent: repeating it republishes, which completes a write that got 503 from Kafka.
+    """
+    if body.user_id is not None and body.user_id != user_id:
+        raise Problem(
+            422,
+            "Request is not valid",
+            f"user_id: {body.user_id!r} in the body does not match {user_id!r} in the path",
+            kind="validation-error",
+        )
+    values = {
+        "id": user_id,
+        "email": body.email,
+        "phone": body.phone,
+        "locale": body.locale,
+        "timezone": body.timezone,
+        "display_name": body.display_name,
+    }
+    # The same lock as preferences writes: both publish this user's preferences.
+    with record_lock(session, "user", user_id):
+        with session.begin():
+            existed = _stored(session, user_id) is not None
+            statement = insert(USER).values(values)
+            row = (
+                session.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[USER.c.id],
+                        set_={
+                            **{k: statement.excluded[k] for k in values if k != "id"},
+                            "updated_at": literal_column("now()"),
+                        },
+                    ).returning(*USER.c)
+                )
+                .mappings()
+                .one()
+            )
+            # Default preferences unless the user has some; then the current preferences are
+            # published with the user every time, so repeating a PUT that got 503 from Kafka
+            # also completes the preferences it created.
+            session.execute(
+                insert(PREFERENCE)
+                .values(user_id=user_id)
+                .on_conflict_do_nothing(index_elements=[PREFERENCE.c.user_id])
+            )
+            prefs_row, overrides = stored_preferences(session, user_id)
+        prefs = preferences_record(user_id, prefs_row, overrides, now=row["updated_at"])
+        records = [_user_outgoing(topics, row), preferences_outgoing(topics, prefs)]
+        publish_or_503(
+            publisher,
+            records,
+            saved=f"user {user_id!r} is saved",
+            retry="repeat this PUT to publish it",
+        )
+    if not existed:
+        response.status_code = status.HTTP_201_CREATED
+    return user_out(row)
+
+
+@router.get(
+    "/{user_id}",
+    response_model=UserOut,
+    responses=problem_responses(404),
+    summary="Get a user",
+)
+def get_user(user_id: UserPath, session: DbSession) -> UserOut:
+    """One user's contact data."""
+    row = _stored(session, user_id)
+    if row is None:
+        raise Problem(
+            404,
+            "User not found",
+            f"no user {user_id!r}; create it with PUT /v1/users/{user_id}",
+            kind="user-not-found",
+        )
+    return user_out(row)

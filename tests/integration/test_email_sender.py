@@ -1,0 +1,239 @@
+"""The email sender as a real process on the real stack: Kafka in, SMTP sink out, statuses,
+dead letters and retry tiers on the broker. Every test uses its own topics, schema and
+recipient addresses, and looks only at its own messages on the shared SMTP sink."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from email import message_from_string
+from email.message import EmailMessage
+from email.policy import default
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from herald.db import search_path_options
+from herald.devstack.components import Smtp
+from herald.settings import DatabaseSettings, KafkaSettings, Settings
+from herald.streaming import H_ATTEMPT, H_ERROR_CLASS, H_ERROR_MESSAGE, H_ORIGINAL_TOPIC
+from schemas import Catalogue
+from tests.integration.delivery_util import (
+    dead_letters,
+    delivery_request,
+    publish,
+    wait_for,
+    wait_for_statuses,
+)
+from tests.integration.services import TEST_RETRY_DELAYS_MS, ServiceProcess, service_env
+
+pytestmark = pytest.mark.integration
+
+SERVICE = "services.email_sender"
+
+
+@pytest.fixture
+def sink_api(local_stack: Settings) -> str:
+    return f"http://127.0.0.1:{Smtp(local_stack).api_port}"
+
+
+def address() -> str:
+    return f"t-{uuid.uuid4().hex}@example.test"
+
+
+def email_request(to: str, **changes: Any) -> dict[str, Any]:
+    content = {
+        "subject": f"Hello {to}",
+        "body_text": f"Plain text for {to}",
+        "body_html": f"<p>HTML for <b>{to}</b></p>",
+    }
+    return delivery_request("email", to, **{**content, **changes})
+
+
+def mailbox(sink_api: str, recipients: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """The sink's messages for ``recipients`` only (other tests share the sink)."""
+    messages = httpx.get(f"{sink_api}/messages", timeout=10).raise_for_status().json()
+    found: dict[str, list[dict[str, Any]]] = {}
+    for message in messages:
+        for rcpt in message["rcpt_tos"]:
+            if rcpt in recipients:
+                found.setdefault(rcpt, []).append(message)
+    return found
+
+
+def parse(raw: str) -> EmailMessage:
+    message = message_from_string(raw, policy=default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def start(
+    run_service: Callable[..., ServiceProcess],
+    kafka: KafkaSettings,
+    database: DatabaseSettings,
+    **extra: str,
+) -> ServiceProcess:
+    env = service_env(kafka, database, EMAIL_SENDER_METRICS_PORT="0", **extra)
+    return run_service(SERVICE, env)
+
+
+def test_sends_each_delivery_once_with_text_and_html(
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+    run_service: Callable[..., ServiceProcess],
+    sink_api: str,
+) -> None:
+    requests = [email_request(address()) for _ in range(5)]
+    publish(kafka_settings, topics.deliveries_email.name, requests)
+    service = start(run_service, kafka_settings, db_settings)
+
+    recipients = {r["destination"] for r in requests}
+    grouped = wait_for_statuses(
+        kafka_settings, topics, {r["delivery_id"]: "sent" for r in requests}
+    )
+    box = wait_for(
+        lambda: found if len(found := mailbox(sink_api, recipients)) == 5 else None,
+        30,
+        "five messages at the SMTP sink",
+    )
+    for request in requests:
+        (stored,) = box[request["destination"]]  # exactly one message each
+        message = parse(stored["raw"])
+        assert message["Message-ID"] == f"<{request['delivery_id']}@herald>"
+        assert message["Subject"] == request["subject"]
+        assert message["To"] == request["destination"]
+        assert stored["mail_from"] == "notifications@herald.local"
+        text, html = message.get_body(("plain",)), message.get_body(("html",))
+        assert text is not None and html is not None
+        assert text.get_content().strip() == request["body_text"]
+        assert html.get_content().strip() == request["body_html"]
+        (status,) = grouped[request["delivery_id"]]
+        assert (status["status"], status["attempt"]) == ("sent", 1)
+        assert status["provider_message_id"] == f"<{request['delivery_id']}@herald>"
+        assert status["notification_id"] == request["notification_id"]
+    assert service.running()
+
+
+def test_invalid_address_fails_to_the_dlq_and_neighbours_are_sent(
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+    run_service: Callable[..., ServiceProcess],
+    sink_api: str,
+) -> None:
+    user = f"u-{uuid.uuid4().hex[:8]}"  # one user: one partition, so order is kept
+    before = email_request(address(), user_id=user)
+    invalid = email_request(f"not-an-address-{uuid.uuid4().hex}", user_id=user)
+    injected = email_request(address(), user_id=user, subject="Hi\r\nBcc: victim@example.test")
+    after = email_request(address(), user_id=user)
+    publish(kafka_settings, topics.deliveries_email.name, [before, invalid, injected, after])
+    start(run_service, kafka_settings, db_settings)
+
+    grouped = wait_for_statuses(
+        kafka_settings,
+        topics,
+        {
+            before["delivery_id"]: "sent",
+            invalid["delivery_id"]: "failed",
+            injected["delivery_id"]: "failed",
+            after["delivery_id"]: "sent",
+        },
+    )
+    assert grouped[invalid["delivery_id"]][-1]["error_class"] == "email.invalid_address"
+    assert grouped[injected["delivery_id"]][-1]["error_class"] == "email.header_injection"
+    dlq = {request["delivery_id"]: headers for request, headers in
+           dead_letters(kafka_settings, topics.deliveries_email.dlq_name)}  # fmt: skip
+    assert set(dlq) == {invalid["delivery_id"], injected["delivery_id"]}
+    assert dlq[invalid["delivery_id"]][H_ERROR_CLASS] == "email.invalid_address"
+    assert "not a valid email address" in dlq[invalid["delivery_id"]][H_ERROR_MESSAGE]
+    assert dlq[injected["delivery_id"]][H_ERROR_CLASS] == "email.header_injection"
+    assert dlq[invalid["delivery_id"]][H_ORIGINAL_TOPIC] == topics.deliveries_email.name
+    box = mailbox(sink_api, {before["destination"], after["destination"],
+                             injected["destination"], "victim@example.test"})  # fmt: skip
+    assert {rcpt: len(found) for rcpt, found in box.items()} == {
+        before["destination"]: 1,
+        after["destination"]: 1,
+    }
+
+
+def test_a_delivery_already_sent_is_not_sent_again(
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+    run_service: Callable[..., ServiceProcess],
+    sink_api: str,
+) -> None:
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    done = email_request(address(), user_id=user)
+    fresh = email_request(address(), user_id=user)
+    with psycopg.connect(
+        db_settings.libpq_url, options=search_path_options(db_settings.database_schema)
+    ) as conn:
+        conn.execute(
+            "INSERT INTO notification_delivery (id, notification_id, user_id, channel, status,"
+            " provider_message_id, updated_at) VALUES (%s, %s, %s, 'email', 'sent', %s, now())",
+            (done["delivery_id"], done["notification_id"], user, "<earlier@herald>"),
+        )
+    # The same delivery twice more (a replay), then a fresh one behind it on the same partition.
+    publish(kafka_settings, topics.deliveries_email.name, [done, done, fresh])
+    start(run_service, kafka_settings, db_settings)
+
+    grouped = wait_for_statuses(kafka_settings, topics, {fresh["delivery_id"]: "sent"})
+    # The fresh delivery came after the done one on its partition, so that one was handled.
+    assert done["delivery_id"] not in grouped
+    box = wait_for(
+        lambda: mailbox(sink_api, {done["destination"], fresh["destination"]}),
+        30,
+        "the fresh message at the sink",
+    )
+    assert {rcpt: len(found) for rcpt, found in box.items()} == {fresh["destination"]: 1}
+
+
+def test_temporary_smtp_refusals_are_retried_through_the_tiers(
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+    run_service: Callable[..., ServiceProcess],
+    sink_api: str,
+) -> None:
+    flaky = address()
+    steady = address()
+    # Scoped to this test's address: other tests share the sink.
+    fault = {"code": 451, "message": "4.3.0 try again later", "count": 2, "rcpt": flaky}
+    httpx.post(f"{sink_api}/faults", json=fault, timeout=10).raise_for_status()
+    request, neighbour = email_request(flaky), email_request(steady)
+    publish(kafka_settings, topics.deliveries_email.name, [request, neighbour])
+    start(run_service, kafka_settings, db_settings)
+
+    grouped = wait_for_statuses(
+        kafka_settings,
+        topics,
+        {request["delivery_id"]: "sent", neighbour["delivery_id"]: "sent"},
+    )
+    history = grouped[request["delivery_id"]]
+    assert [(e["status"], e["attempt"]) for e in history] == [
+        ("retrying", 1),
+        ("retrying", 2),
+        ("sent", 3),
+    ]
+    assert {e["error_class"] for e in history[:2]} == {"smtp.4xx"}
+    assert "451" in history[0]["error_message"]
+    # The tiers' delays were waited out (x-not-before), not skipped.
+    delays = [int(ms) / 1000 for ms in TEST_RETRY_DELAYS_MS.split(",")]
+    waited = (history[2]["occurred_at"] - history[0]["occurred_at"]).total_seconds()
+    assert waited >= delays[0] + delays[1] - 0.05
+    # One hop through each of the first two tiers, with the attempt count in the headers.
+    tiers = topics.deliveries_email.retry_topic_names
+    hops = [dead_letters(kafka_settings, tier) for tier in tiers[:3]]
+    assert [[headers[H_ATTEMPT] for _, headers in hop] for hop in hops] == [["2"], ["3"], []]
+    assert dead_letters(kafka_settings, topics.deliveries_email.dlq_name) == []
+    # The neighbour did not wait for the flaky one.
+    assert [(e["status"], e["attempt"]) for e in grouped[neighbour["delivery_id"]]] == [("sent", 1)]
+    box = wait_for(lambda: mailbox(sink_api, {flaky}), 30, "the retried message")
+    assert len(box[flaky]) == 1
+    log = httpx.get(f"{sink_api}/log", timeout=10).raise_for_status().json()
+    replies = [entry["reply"][:3] for entry in log if entry["rcpt"] == flaky]
+    assert replies == ["451", "451", "250"]

@@ -1,0 +1,442 @@
+"""The sender core's decisions (herald.sender) and the retry-tier scheduling helpers of
+herald.streaming, with a fake ``send`` and fake Kafka messages (no broker)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Mapping
+from typing import Any, cast
+
+import pytest
+from confluent_kafka import Message
+
+from herald.errors import PermanentError, RetryableError
+from herald.sender import (
+    RecentlySent,
+    SenderHandler,
+    SenderRoutes,
+    attempt_of,
+    decode_request,
+)
+from herald.serde import decode, encode
+from herald.settings import KafkaSettings
+from herald.streaming import (
+    H_ATTEMPT,
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_NOT_BEFORE,
+    H_ORIGINAL_OFFSET,
+    H_ORIGINAL_TOPIC,
+    BatchLoop,
+    Deferral,
+    commit_offsets,
+    header_not_before,
+    headers_dict,
+    split_due,
+)
+from schemas import CATALOGUE
+from tests.samples import SAMPLES
+
+NOW = 1_700_000_000.0
+CATALOGUE_T = CATALOGUE.with_prefix("tunit.")
+ROUTES = SenderRoutes.for_channel(CATALOGUE_T, "email")
+
+
+class FakeMessage:
+    """The parts of confluent_kafka.Message the sender reads."""
+
+    def __init__(
+        self,
+        value: bytes | None,
+        *,
+        topic: str = ROUTES.source_topic,
+        partition: int = 0,
+        offset: int = 0,
+        key: bytes | None = b"user-42",
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self._value, self._topic, self._partition = value, topic, partition
+        self._offset, self._key, self._headers = offset, key, headers
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self._headers
+
+    def error(self) -> None:
+        return None
+
+
+def request(**changes: Any) -> dict[str, Any]:
+    delivery_id = str(uuid.uuid4())
+    return {**SAMPLES["herald.DeliveryRequest"], "delivery_id": delivery_id, **changes}
+
+
+def message(record: Mapping[str, Any], **kwargs: Any) -> Message:
+    return cast(Message, FakeMessage(encode("herald.DeliveryRequest", record), **kwargs))
+
+
+class FakeChannel:
+    """A send function that answers from a script, keyed by destination."""
+
+    def __init__(self, outcomes: dict[str, Exception] | None = None) -> None:
+        self.outcomes = outcomes or {}
+        self.sent: list[str] = []
+
+    def __call__(self, request: Mapping[str, Any]) -> str:
+        outcome = self.outcomes.get(request["destination"])
+        if outcome is not None:
+            raise outcome
+        self.sent.append(request["delivery_id"])
+        return f"provider-{request['delivery_id']}"
+
+
+class Lookup:
+    def __init__(self, done: Collection[str] = ()) -> None:
+        self.done = set(done)
+        self.calls: list[set[str]] = []
+
+    def __call__(self, ids: Collection[str]) -> set[str]:
+        self.calls.append(set(ids))
+        return self.done & set(ids)
+
+
+def handler(send: FakeChannel, lookup: Lookup | None = None, **kwargs: Any) -> SenderHandler:
+    return SenderHandler(
+        service="test_sender",
+        routes=ROUTES,
+        catalogue=CATALOGUE_T,
+        send=send,
+        already_sent=lookup or Lookup(),
+        clock=lambda: NOW,
+        **kwargs,
+    )
+
+
+def statuses(outgoing: list[Any]) -> list[dict[str, Any]]:
+    return [
+        decode(record.value)
+        for record in outgoing
+        if record.topic == CATALOGUE_T.delivery_status.name
+    ]
+
+
+def test_routes_come_from_the_prefixed_catalogue() -> None:
+    spec = CATALOGUE_T.deliveries_email
+    assert ROUTES.source_topic == spec.name and spec.name.startswith("tunit.")
+    assert ROUTES.retry_topics == spec.retry_topic_names
+    assert ROUTES.retry_delays_ms == tuple(t.delay_ms for t in spec.retry_topics())
+    assert ROUTES.dlq_topic == spec.dlq_name
+    assert ROUTES.topics == [spec.name, *spec.retry_topic_names]
+    assert SenderRoutes.for_channel(CATALOGUE_T, "sms").source_topic == (
+        CATALOGUE_T.deliveries_sms.name
+    )
+
+
+def test_success_reports_sent_with_provider_id_and_attempt() -> None:
+    first, second = request(), request()
+    send = FakeChannel()
+    out = handler(send)([message(first), message(second, offset=1, headers=[(H_ATTEMPT, b"3")])])
+    assert send.sent == [first["delivery_id"], second["delivery_id"]]
+    assert all(record.topic == CATALOGUE_T.delivery_status.name for record in out)
+    assert [record.key for record in out] == [first["notification_id"]] * 2
+    events = statuses(out)
+    assert [(e["status"], e["attempt"]) for e in events] == [("sent", 1), ("sent", 3)]
+    assert events[0]["provider_message_id"] == f"provider-{first['delivery_id']}"
+    assert events[0]["delivery_id"] == first["delivery_id"] and events[0]["channel"] == "email"
+
+
+def test_retryable_failure_goes_to_the_next_tier_with_a_retrying_status() -> None:
+    failing = request(destination="flaky@example.test")
+    send = FakeChannel({"flaky@example.test": RetryableError("451 later", error_class="smtp.4xx")})
+    out = handler(send)([message(failing, offset=7)])
+    retry, status = out
+    assert retry.topic == ROUTES.retry_topics[0]
+    assert retry.value == encode("herald.DeliveryRequest", failing)
+    headers = dict(retry.headers)
+    assert headers[H_ATTEMPT] == "2"
+    assert float(cast(str, headers[H_NOT_BEFORE])) == pytest.approx(
+        NOW + ROUTES.retry_delays_ms[0] / 1000
+    )
+    assert headers[H_ERROR_CLASS] == "smtp.4xx"
+    assert headers[H_ORIGINAL_TOPIC] == ROUTES.source_topic and headers[H_ORIGINAL_OFFSET] == "7"
+    (event,) = statuses([status])
+    assert (event["status"], event["attempt"], event["error_class"]) == (
+        "retrying",
+        1,
+        "smtp.4xx",
+    )
+
+
+def test_a_retry_tier_record_moves_to_the_following_tier() -> None:
+    failing = request(destination="flaky@example.test")
+    send = FakeChannel({"flaky@example.test": RetryableError("451 later", error_class="smtp.4xx")})
+    record = message(failing, topic=ROUTES.retry_topics[0], headers=[(H_ATTEMPT, b"2")])
+    retry, status = handler(send)([record])
+    assert retry.topic == ROUTES.retry_topics[1]
+    assert dict(retry.headers)[H_ATTEMPT] == "3"
+    assert statuses([status])[0]["attempt"] == 2
+
+
+def test_exhausted_attempts_go_to_the_dlq_as_dead() -> None:
+    failing = request(destination="down@example.test")
+    send = FakeChannel({"down@example.test": RetryableError("refused", error_class="smtp.x")})
+    last = len(ROUTES.retry_topics) + 1
+    record = message(
+        failing, topic=ROUTES.retry_topics[-1], headers=[(H_ATTEMPT, str(last).encode())]
+    )
+    dlq, status = handler(send)([record])
+    assert dlq.topic == ROUTES.dlq_topic
+    assert H_NOT_BEFORE not in dict(dlq.headers)
+    (event,) = statuses([status])
+    assert (event["status"], event["attempt"]) == ("dead", last)
+
+
+def test_permanent_failure_goes_to_the_dlq_as_failed_and_neighbours_are_sent() -> None:
+    before, bad, after = request(), request(destination="bad"), request()
+    send = FakeChannel(
+        {"bad": PermanentError("not a valid email address", error_class="email.invalid_address")}
+    )
+    out = handler(send)([message(before), message(bad, offset=1), message(after, offset=2)])
+    assert send.sent == [before["delivery_id"], after["delivery_id"]]
+    (dlq,) = [record for record in out if record.topic == ROUTES.dlq_topic]
+    headers = dict(dlq.headers)
+    assert headers[H_ERROR_CLASS] == "email.invalid_address"
+    assert headers[H_ERROR_MESSAGE] == "not a valid email address"
+    events = {e["delivery_id"]: e for e in statuses(out)}
+    assert events[bad["delivery_id"]]["status"] == "failed"
+    assert events[bad["delivery_id"]]["error_message"] == "not a valid email address"
+    assert {events[r["delivery_id"]]["status"] for r in (before, after)} == {"sent"}
+
+
+def test_undecodable_record_goes_to_the_dlq_without_stopping() -> None:
+    good = request()
+    garbage = cast(Message, FakeMessage(b"not avro at all", offset=0))
+    send = FakeChannel()
+    out = handler(send)([garbage, message(good, offset=1)])
+    assert send.sent == [good["delivery_id"]]
+    dlq = out[0]
+    assert dlq.topic == ROUTES.dlq_topic and dlq.value == b"not avro at all"
+    assert dict(dlq.headers)[H_ERROR_CLASS] == "decode.NotAvroError"
+    assert [e["status"] for e in statuses(out)] == ["sent"]  # nothing to report for garbage
+
+
+def test_one_lookup_per_batch_and_already_sent_deliveries_are_skipped() -> None:
+    done, fresh = request(), request()
+    lookup = Lookup({done["delivery_id"]})
+    send = FakeChannel()
+    out = handler(send, lookup)([message(done), message(fresh, offset=1)])
+    assert lookup.calls == [{done["delivery_id"], fresh["delivery_id"]}]
+    assert send.sent == [fresh["delivery_id"]]
+    assert [e["delivery_id"] for e in statuses(out)] == [fresh["delivery_id"]]
+
+
+def test_a_delivery_is_sent_once_even_when_it_comes_again() -> None:
+    same = request()
+    send = FakeChannel()
+    sender = handler(send)
+    sender([message(same), message(same, offset=1)])
+    out = sender([message(same, offset=2)])  # the database has not heard of the send yet
+    assert send.sent == [same["delivery_id"]]
+    assert out == []
+
+
+def test_unexpected_exceptions_are_retried_not_fatal() -> None:
+    class Broken(FakeChannel):
+        def __call__(self, request: Mapping[str, Any]) -> str:
+            raise KeyError("bug")
+
+    retry, status = handler(Broken())([message(request())])
+    assert retry.topic == ROUTES.retry_topics[0]
+    assert statuses([status])[0]["error_class"] == "unexpected"
+
+
+def test_dead_letter_limit_stops_the_sender() -> None:
+    stops: list[bool] = []
+    bad = PermanentError("nope", error_class="email.invalid_address")
+    send = FakeChannel({"bad": bad})
+    sender = handler(send, max_consecutive_failures=3, on_failure_limit=lambda: stops.append(True))
+    sender([message(request(destination="bad")), message(request(destination="bad"))])
+    sender([message(request())])  # a success resets the count
+    sender([message(request(destination="bad")) for _ in range(2)])
+    assert stops == [] and not sender.failure_limit_reached
+    sender([message(request(destination="bad")) for _ in range(3)])
+    assert stops == [True] and sender.failure_limit_reached
+
+
+@pytest.mark.parametrize(
+    ("value", "error_class"),
+    [
+        (b"", "decode.empty"),
+        (b"\xc3\x01" + b"\x00" * 8 + b"x", "decode.UnknownSchemaError"),
+        (encode("herald.Event", SAMPLES["herald.Event"]), "decode.IncompatibleSchemaError"),
+        (encode("herald.DeliveryRequest", request(channel="sms")), "request.wrong_channel"),
+        (encode("herald.DeliveryRequest", request(delivery_id="d-1")), "request.invalid_id"),
+    ],
+)
+def test_decode_request_refuses_what_it_cannot_send(value: bytes, error_class: str) -> None:
+    with pytest.raises(PermanentError) as caught:
+        decode_request(cast(Message, FakeMessage(value)), "email")
+    assert caught.value.error_class == error_class
+
+
+def test_attempt_of_reads_the_header() -> None:
+    assert attempt_of(cast(Message, FakeMessage(b""))) == 1
+    assert attempt_of(cast(Message, FakeMessage(b"", headers=[(H_ATTEMPT, b"3")]))) == 3
+    assert attempt_of(cast(Message, FakeMessage(b"", headers=[(H_ATTEMPT, b"x")]))) == 1
+
+
+def test_recently_sent_forgets_the_oldest() -> None:
+    recent = RecentlySent(capacity=2)
+    for delivery_id in ("a", "b", "c"):
+        recent.add(delivery_id)
+    assert "a" not in recent and "b" in recent and "c" in recent
+
+
+# --- retry-tier scheduling (herald.streaming) -------------------------------------------------
+
+
+def fake(topic: str, partition: int, offset: int, not_before: float | None = None) -> Message:
+    headers = [(H_NOT_BEFORE, f"{not_before:.3f}".encode())] if not_before is not None else None
+    return cast(Message, FakeMessage(b"", topic=topic, partition=partition, offset=offset,
+                                     headers=headers))  # fmt: skip
+
+
+def test_header_not_before() -> None:
+    assert header_not_before(fake("t", 0, 0)) is None
+    assert header_not_before(fake("t", 0, 0, NOW)) == pytest.approx(NOW)
+    garbled = cast(Message, FakeMessage(b"", headers=[(H_NOT_BEFORE, b"soon")]))
+    assert header_not_before(garbled) is None
+
+
+def test_split_due_holds_back_a_partition_from_its_first_future_record() -> None:
+    batch = [
+        fake("retry", 0, 10, NOW - 1),  # due
+        fake("retry", 0, 11, NOW + 5),  # not due: offsets 11.. of partition 0 wait
+        fake("retry", 0, 12, NOW - 1),  # due by itself, but behind 11: waits too
+        fake("retry", 1, 3, NOW + 2),
+        fake("main", 0, 100),  # no header: always due
+    ]
+    due, deferrals = split_due(batch, header_not_before, NOW)
+    assert [(m.topic(), m.partition(), m.offset()) for m in due] == [
+        ("retry", 0, 10),
+        ("main", 0, 100),
+    ]
+    assert deferrals == [
+        Deferral("retry", 0, 11, NOW + 5),
+        Deferral("retry", 1, 3, NOW + 2),
+    ]
+
+
+def test_commit_offsets_never_pass_a_deferred_record() -> None:
+    processed = [fake("retry", 0, 10), fake("main", 0, 100), fake("main", 0, 101)]
+    deferrals = [Deferral("retry", 0, 11, NOW + 5), Deferral("retry", 1, 3, NOW + 2)]
+    offsets = {(tp.topic, tp.partition): tp.offset for tp in commit_offsets(processed, deferrals)}
+    assert offsets == {("retry", 0): 11, ("main", 0): 102, ("retry", 1): 3}
+    assert commit_offsets([]) == []
+
+
+def test_headers_survive_as_text() -> None:
+    record = fake("t", 0, 0, NOW)
+    assert headers_dict(record)[H_NOT_BEFORE] == f"{NOW:.3f}"
+
+
+class FakeConsumer:
+    """Records what BatchLoop asks of its consumer; hands out scripted batches."""
+
+    def __init__(self, batches: list[list[Message]]) -> None:
+        self.batches = batches
+        self.calls: list[tuple[str, list[tuple[str, int, int]]]] = []
+
+    def _note(self, name: str, partitions: list[Any]) -> None:
+        self.calls.append((name, [(p.topic, p.partition, p.offset) for p in partitions]))
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+        return self.batches.pop(0) if self.batches else []
+
+    def pause(self, partitions: list[Any]) -> None:
+        self._note("pause", partitions)
+
+    def resume(self, partitions: list[Any]) -> None:
+        self._note("resume", partitions)
+
+    def seek(self, partition: Any) -> None:
+        self._note("seek", [partition])
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+        self._note("commit", sorted(offsets, key=lambda p: (p.topic, p.partition)))
+
+
+def test_batch_loop_pauses_a_partition_until_its_record_is_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [NOW]
+    monkeypatch.setattr("herald.streaming.time.time", lambda: clock[0])
+    handled: list[list[tuple[str, int]]] = []
+
+    def handle(messages: list[Message]) -> list[Any]:
+        handled.append([(m.topic() or "", m.offset() or 0) for m in messages])
+        return []
+
+    first = [fake("main", 0, 5), fake("retry", 2, 40, NOW + 1), fake("retry", 2, 41, NOW + 2)]
+    again = [fake("retry", 2, 40, NOW + 1)]
+    loop = BatchLoop(
+        service="test",
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),  # never contacted
+        topics=["main", "retry"],
+        handler=handle,
+        not_before=header_not_before,
+    )
+    consumer = FakeConsumer([first, [], again])
+    loop.consumer = cast(Any, consumer)
+
+    loop.run_once()
+    assert handled == [[("main", 5)]]
+    assert consumer.calls == [
+        ("pause", [("retry", 2, 40)]),
+        ("seek", [("retry", 2, 40)]),
+        ("commit", [("main", 0, 6), ("retry", 2, 40)]),
+    ]
+    consumer.calls.clear()
+    clock[0] = NOW + 0.5
+    loop.run_once()  # not due yet: stays paused
+    assert consumer.calls == [] and loop.paused == {("retry", 2): NOW + 1}
+    clock[0] = NOW + 1
+    loop.run_once()  # due: resumed, consumed again, handled, committed
+    assert consumer.calls[0][0] == "resume" and consumer.calls[0][1][0][:2] == ("retry", 2)
+    assert handled[-1] == [("retry", 40)]
+    assert consumer.calls[-1] == ("commit", [("retry", 2, 41)])
+    assert loop.paused == {}
+
+
+def test_records_left_when_the_batch_budget_is_spent_are_retried_untried() -> None:
+    elapsed = [0.0]
+
+    class Slow(FakeChannel):
+        def __call__(self, request: Mapping[str, Any]) -> str:
+            elapsed[0] += 40  # every send takes until the provider's timeout
+            return super().__call__(request)
+
+    send = Slow()
+    sender = handler(send, batch_budget_seconds=60, timer=lambda: elapsed[0])
+    first, second, third = request(), request(), request()
+    out = sender([message(first), message(second, offset=1), message(third, offset=2)])
+    assert send.sent == [first["delivery_id"], second["delivery_id"]]  # 40 s, then 80 s > 60
+    (retry,) = [record for record in out if record.topic == ROUTES.retry_topics[0]]
+    assert retry.value == encode("herald.DeliveryRequest", third)
+    events = {e["delivery_id"]: e for e in statuses(out)}
+    assert events[third["delivery_id"]]["status"] == "retrying"
+    assert events[third["delivery_id"]]["error_class"] == "sender.batch_budget"
