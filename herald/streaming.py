@@ -100,8 +100,9 @@ def failure_record(
 ) -> Outgoing:
     """Where a failed record goes: the next retry tier (retryable) or the DLQ, with headers.
 
-    ``x-attempt`` counts deliveries tried so far; the original topic/partition/offset and the
-    first failure time survive every hop, so an operator sees the record's whole story.
+    On a retry tier ``x-attempt`` is the number of the next attempt; on the DLQ it is the
+    number of attempts made. The original topic/partition/offset and the first failure time
+    survive every hop, so an operator sees the record's whole story.
     """
     now = time.time() if now is None else now
     old = headers_dict(message)
@@ -122,6 +123,7 @@ def failure_record(
         headers[H_NOT_BEFORE] = f"{now + retry_delays_ms[tier] / 1000:.3f}"
         topic = retry_topics[tier]
     else:
+        headers[H_ATTEMPT] = str(attempt)
         headers.pop(H_NOT_BEFORE, None)
         topic = dlq_topic
     return Outgoing(topic, message.key(), message.value(), [(k, v) for k, v in headers.items()])

@@ -201,6 +201,7 @@ def test_exhausted_attempts_go_to_the_dlq_as_dead() -> None:
     dlq, status = handler(send)([record])
     assert dlq.topic == ROUTES.dlq_topic
     assert H_NOT_BEFORE not in dict(dlq.headers)
+    assert dict(dlq.headers)[H_ATTEMPT] == str(last)  # attempts made, not a next one
     (event,) = statuses([status])
     assert (event["status"], event["attempt"]) == ("dead", last)
 
