@@ -23,6 +23,7 @@ SERVICES = (
     "services.email_sender",
     "services.sms_sender",
     "services.ingest",
+    "services.inapp_store.api",
 )
 
 
@@ -56,7 +57,7 @@ def start_service(
     module: str, env: dict[str, str], log_dir: Path, *args: str, name: str | None = None
 ) -> ServiceProcess:
     """Start ``python -m <module> [args]`` with ``env`` on top of this process's environment."""
-    name = name or module.rsplit(".", 1)[-1]
+    name = name or module.removeprefix("services.").replace(".", "-")
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}-{time.time_ns()}.log"
     with open(log, "wb") as out:

@@ -26,6 +26,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -249,3 +251,25 @@ def install_metrics(app: FastAPI, service: str) -> None:
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _on_database_unavailable(request: Request, exc: Exception) -> Response:
+    # Connection refused, server gone, timeouts: transient, so 503 and not 500. Only the
+    # first line: the rest is SQLAlchemy's boilerplate.
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    return problem_response(
+        request,
+        503,
+        "Database unavailable",
+        f"PostgreSQL did not answer ({reason}); try again",
+        type_="urn:herald:problem:database-unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
+def install_database_problem_handler(app: FastAPI) -> None:
+    """Answer SQLAlchemy's ``OperationalError`` (the database is unreachable or went away) and
+    pool ``TimeoutError`` (every pooled connection busy: overload) with a ``503`` problem and
+    ``Retry-After``, instead of a ``500``."""
+    app.add_exception_handler(OperationalError, _on_database_unavailable)
+    app.add_exception_handler(PoolTimeoutError, _on_database_unavailable)

@@ -44,6 +44,7 @@ def run(
         for part in stack.status(settings):
             typer.echo(f"  {part.name:<9} {part.address:<40} {part.detail}")
         typer.echo(f"  ingest    http://127.0.0.1:{settings.local.ingest_port}/docs")
+        typer.echo(f"  read API  http://127.0.0.1:{settings.local.read_api_port}/docs")
         typer.echo("Herald is serving. Press Ctrl-C to stop.")
         while not stop.wait(1.0):
             dead = [s for s in running if not s.running()]

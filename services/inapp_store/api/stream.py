@@ -1,0 +1,93 @@
+"""``/v1/users/{user_id}/stream``: the user's inbox changes, live, as Server-Sent Events.
+
+Open it with ``new EventSource("/v1/users/user-42/stream?token=<user token>")`` (or send
+``X-User-Token`` from clients that can set headers). Events, each ``data`` a JSON object:
+
+- ``notification.created``: a new inbox notification (the same object the inbox lists);
+- ``notification.read`` / ``notification.unread``: ``{"id", "read_at"}``;
+- ``notification.archived`` / ``notification.unarchived``: ``{"id", "archived_at"}``;
+- ``notifications.read_all``: ``{"read_at", "count"}``;
+- ``resync``: ``{"reason"}``: events may have been missed (the server's connection to the
+  database was restored, or the client read too slowly); refetch the inbox and unread count.
+
+Comment lines (``: heartbeat``) keep idle connections open through proxies. Every API process
+pushes to its own streams what any process (or the sink) changed, within about a second of
+the commit (PostgreSQL ``LISTEN``/``NOTIFY``; see :mod:`services.inapp_store.api.broker`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from herald.auth import require_user_stream
+from herald.webapi import Problem, problem_responses
+from services.inapp_store.api.broker import Heartbeat, Subscription
+from services.inapp_store.api.deps import Broker, Config, UserPath
+
+#: How long an EventSource waits before reconnecting after the stream ends, in milliseconds.
+RECONNECT_MS = 3000
+
+router = APIRouter(
+    prefix="/v1/users/{user_id}",
+    tags=["stream"],
+    dependencies=[Depends(require_user_stream)],
+    responses=problem_responses(401, 403, 422, 429, 503),
+)
+
+
+async def _subscription(
+    user_id: UserPath, broker: Broker, config: Config
+) -> AsyncIterator[Subscription]:
+    # A dependency, not the generator's first lines: refusals must be answered before the
+    # response (and its 200 status) starts. FastAPI keeps it open until the stream ends.
+    if broker.closing or not broker.connected:
+        raise Problem(
+            503,
+            "Service Unavailable",
+            "real-time events are unavailable right now (no database connection); retry shortly",
+            kind="stream-unavailable",
+            headers={"Retry-After": "5"},
+        )
+    if broker.streams_of(user_id) >= config.max_streams_per_user:
+        raise Problem(
+            429,
+            "Too Many Requests",
+            f"this user already has {config.max_streams_per_user} open streams here; "
+            "close one first",
+            kind="too-many-streams",
+            headers={"Retry-After": "10"},
+        )
+    with broker.subscribe(user_id) as subscription:
+        yield subscription
+
+
+@router.get(
+    "/stream",
+    response_class=EventSourceResponse,
+    summary="Real-time inbox events (Server-Sent Events)",
+)
+async def stream(
+    subscription: Annotated[Subscription, Depends(_subscription)], config: Config
+) -> AsyncIterable[ServerSentEvent]:
+    """New notifications and read-state changes of the user, as they happen.
+
+    Authenticate with ``?token=`` (EventSource cannot send headers), ``X-User-Token``, or an
+    admin key. Event names: ``notification.created``, ``notification.read``,
+    ``notification.unread``, ``notification.archived``, ``notification.unarchived``,
+    ``notifications.read_all``, ``resync`` (refetch: events may have been missed).
+    """
+    # Sent once subscribed: a client knows from it that no later event will be missed.
+    yield ServerSentEvent(comment="connected", retry=RECONNECT_MS)
+    while True:
+        event = await subscription.next(config.stream_heartbeat_s)
+        if event is None:
+            return
+        if isinstance(event, Heartbeat):
+            # Also how a closed connection is noticed: writing to it fails.
+            yield ServerSentEvent(comment="heartbeat")
+            continue
+        yield ServerSentEvent(event=event.name, data=event.data)
