@@ -10,7 +10,9 @@ import anyio
 from fastapi import FastAPI, Request, Response
 from sqlalchemy.exc import OperationalError
 
+from herald.auth import Authenticator, AuthSettings, install_auth
 from herald.db import make_engine, session_factory
+from herald.limits import RateLimiter, install_body_limit
 from herald.settings import Settings, get_settings
 from herald.webapi import install_metrics, install_problem_handlers, problem_response
 from schemas import CATALOGUE
@@ -75,6 +77,14 @@ def create_app(
     )
     install_problem_handlers(app)
     app.add_exception_handler(OperationalError, _database_unavailable)
+    install_auth(
+        app,
+        Authenticator(
+            AuthSettings(), RateLimiter(ingest.rate_limit_per_s, ingest.rate_limit_burst)
+        ),
+    )
+    # Before the metrics middleware, so it runs inside it: refused bodies are counted.
+    install_body_limit(app, ingest.max_body_bytes)
     install_metrics(app, SERVICE)
     app.include_router(health.router)
     app.include_router(events.router)

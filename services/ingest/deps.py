@@ -16,6 +16,7 @@ from pydantic import AfterValidator
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from herald.auth import Principal, require_admin
 from schemas import Catalogue
 from services.ingest.publisher import Publisher
 from services.ingest.settings import IngestSettings
@@ -24,17 +25,15 @@ from services.ingest.validation import check_user_id
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling. Everyone is allowed for now; API keys and per-user tokens come later."""
+    """Who is calling: an admin API key, named by its fingerprint (never the key itself)."""
 
     name: str
 
 
-ANONYMOUS = Caller(name="http-ingest")
-
-
-def authorize(request: Request) -> Caller:
-    """The security seam: every route depends on it. It allows every request today."""
-    return ANONYMOUS
+async def authorize(principal: Annotated[Principal, Depends(require_admin)]) -> Caller:
+    """Every ingest/admin route needs an admin API key (``X-API-Key`` or a Bearer token);
+    the key's rate-limit bucket is charged (429 with Retry-After past it)."""
+    return Caller(name=f"http-ingest:{principal.subject}")
 
 
 def _engine(request: Request) -> Engine:

@@ -29,6 +29,11 @@ class IngestSettings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     #: A separate Prometheus port (0: none; /metrics on the API port always works).
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: Requests per second (sustained) and burst allowed per admin API key; past it, 429.
+    rate_limit_per_s: float = Field(default=200.0, gt=0)
+    rate_limit_burst: int = Field(default=400, ge=1)
+    #: Largest request body accepted (a batch of 1,000 events fits); larger bodies get 413.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     #: Log one line per request (uvicorn's access log).
     access_log: bool = True
     log_level: str = "INFO"

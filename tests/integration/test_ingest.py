@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException
 from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
+from herald.auth import LOCAL_ADMIN_API_KEY
 from herald.db import search_path_options
 from herald.serde import decode
 from herald.settings import DatabaseSettings, KafkaSettings, Settings
@@ -34,6 +35,9 @@ from services.ingest.settings import IngestSettings
 from services.ingest.validation import idempotent_event_id
 from tests.integration.kafka_util import read_all
 from tests.integration.services import ServiceProcess, service_env
+
+#: The local stack's well-known admin key: every ingest route needs one.
+ADMIN = {"X-API-Key": LOCAL_ADMIN_API_KEY}
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +51,7 @@ def make_client(
         Settings(kafka=kafka, database=database),
         IngestSettings(**{"max_batch_events": 5, "publish_timeout_s": 10.0, **limits}),
     )
-    with TestClient(app) as client:
+    with TestClient(app, headers=ADMIN) as client:
         yield client
 
 
@@ -386,7 +390,7 @@ def test_concurrent_writes_leave_kafka_on_the_databases_version(
     publisher = JitteryPublisher(kafka_settings)
     app = create_app(Settings(kafka=kafka_settings, database=db_settings), publisher=publisher)
     try:
-        with TestClient(app) as client:
+        with TestClient(app, headers=ADMIN) as client:
 
             def put(n: int) -> int:
                 response = client.put("/v1/users/racer", json={"display_name": f"v{n}"})
@@ -569,9 +573,13 @@ def test_service_process_serves_and_stops_cleanly_on_sigterm(
         assert time.monotonic() < deadline, "ingest did not become ready:\n" + service.output()
         time.sleep(0.2)
 
-    created = httpx.post(f"{base}/v1/event-types", json={"code": "ping.sent", "name": "Ping"})
+    created = httpx.post(
+        f"{base}/v1/event-types", json={"code": "ping.sent", "name": "Ping"}, headers=ADMIN
+    )
     assert created.status_code == 201, created.text
-    sent = httpx.post(f"{base}/v1/events", json={"event_type": "ping.sent", "recipients": ["u"]})
+    sent = httpx.post(
+        f"{base}/v1/events", json={"event_type": "ping.sent", "recipients": ["u"]}, headers=ADMIN
+    )
     assert sent.status_code == 202, sent.text
     assert [key for key, _ in records(kafka_settings, topics.events.name)] == sent.json()[
         "event_ids"
@@ -593,3 +601,18 @@ def test_database_failure_is_503(kafka_settings: KafkaSettings, topics: Catalogu
         assert_problem(down.put("/v1/users/u-1", json={}), 503, "PostgreSQL did not answer")
         assert_problem(down.get("/readyz"), 503, "database failed")
     assert records(kafka_settings, topics.events.name) == []
+
+
+def test_admin_key_is_required_and_bodies_are_limited(client: TestClient) -> None:
+    body = {"event_type": "x.y", "recipients": ["u"]}
+    missing = client.post("/v1/events", json=body, headers={"X-API-Key": ""})
+    assert missing.status_code == 401
+    assert missing.json()["status"] == 401
+    wrong = client.post("/v1/events", json=body, headers={"X-API-Key": "not-a-key-of-ours-at-all"})
+    assert wrong.status_code == 401
+    huge = client.post(
+        "/v1/events",
+        content=b"{" + b" " * (10 * 1024 * 1024) + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert huge.status_code == 413

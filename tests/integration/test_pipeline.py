@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka import Producer
 
 from examples.publish_event import encode_event, make_event
+from herald.auth import LOCAL_ADMIN_API_KEY
 from herald.db.engine import search_path_options
 from herald.settings import DatabaseSettings, KafkaSettings, Settings
 from schemas import Catalogue
@@ -139,7 +140,11 @@ def pipeline(
         "services.ingest",
     ):
         run_service(module, env)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=15) as api:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}",
+        timeout=15,
+        headers={"X-API-Key": LOCAL_ADMIN_API_KEY},
+    ) as api:
 
         def ready() -> bool:
             try:
