@@ -9,7 +9,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from herald.settings import KafkaSettings
-from schemas import CATALOGUE, Catalogue
+from schemas import CATALOGUE, Catalogue, TopicDeclaration
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,20 @@ def create_topics(
     ``prefix`` defaults to ``KAFKA_TOPIC_PREFIX``; existing topics are left as they are.
     """
     wanted = catalogue.all_topics(kafka.topic_prefix if prefix is None else prefix)
+    return create_declared_topics(kafka, wanted, dry_run=dry_run, timeout=timeout)
+
+
+def create_declared_topics(
+    kafka: KafkaSettings,
+    wanted: list[TopicDeclaration],
+    *,
+    dry_run: bool = False,
+    timeout: float = 30.0,
+) -> list[TopicResult]:
+    """Create the declared topics that do not exist and wait until the broker serves them.
+
+    For topics outside the catalogue, such as the changelogs of the router's Faust tables.
+    """
     admin = admin_client(kafka)
     existing = set(admin.list_topics(timeout=timeout).topics)
     results = [TopicResult(t[0], "exists") for t in wanted if t[0] in existing]

@@ -1,0 +1,56 @@
+"""``python -m services.router``: run one router worker until SIGTERM or SIGINT.
+
+Run more copies to share the partitions (one consumer group per topic prefix). On a signal
+the worker stops its agents, flushes what they produced, commits, leaves the group and exits.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+from aiokafka.codec import has_lz4
+from faust.worker import Worker
+
+from herald.logs import configure
+from herald.metrics import serve_metrics
+from herald.topics import create_declared_topics
+
+
+def main() -> None:
+    """Start the worker: JSON logs, /metrics, then Faust until told to stop."""
+    from services.router import agents  # registers the agents on the app
+    from services.router.app import DATA_DIR, app, changelog_topics, router_settings, settings
+
+    configure(router_settings.log_level)
+    if not has_lz4():
+        # Herald's producers compress with lz4 (herald.streaming.producer_config), and any
+        # producer of the public events topic may use lz4, snappy or zstd; without cramjam
+        # aiokafka reads none of them and the worker would crash on the first such batch.
+        agents.log.critical(
+            "aiokafka cannot decompress lz4: install cramjam (the aiokafka[lz4] extra)"
+        )
+        sys.exit(2)
+    create_declared_topics(settings.kafka, changelog_topics())
+    serve_metrics(router_settings.metrics_port)
+    owns_data_dir = router_settings.data_dir is None and not DATA_DIR.exists()
+    worker = Worker(
+        app,
+        loglevel=router_settings.log_level,
+        # Keep herald.logs' JSON lines; Faust would install its own handlers.
+        override_logging=False,
+        quiet=True,
+    )
+    agents.log.info(
+        "router starting",
+        extra={"app_id": app.conf.id, "data_dir": str(DATA_DIR), "broker": str(app.conf.broker)},
+    )
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if owns_data_dir:
+            shutil.rmtree(DATA_DIR, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""The router's agents: thin adapters between Faust and the pure functions of routing.py.
+
+- ``expand_events`` (stage 1): ``herald.events.v1`` → one record per recipient on
+  ``herald.recipients.v1``, keyed by user id.
+- ``route_recipients`` (stage 2): each recipient's copy → notification, delivery requests and
+  ``pending``/``skipped`` statuses, from the user, preferences and event type tables.
+- ``load_event_types``, ``load_users``, ``load_preferences``: keep the tables up to date from
+  the compacted topics (a tombstone deletes).
+
+Poison (undecodable bytes, an unknown schema, an unknown or inactive event type, an unknown
+user, a template that cannot render) goes to the events DLQ with the design's ``x-*`` headers;
+the stream goes on. Offsets are committed by Faust every ``ROUTER_COMMIT_INTERVAL_MS``, after
+the producer has flushed what the committed records made (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache, lru_cache
+from typing import Any
+
+from confluent_kafka import Message as KafkaMessage
+from faust.types import TP, EventT, StreamT
+from faust.types.tuples import Message
+
+from herald.errors import PermanentError
+from herald.metrics import DELIVERIES, ERRORS, RECORDS_IN, RECORDS_OUT
+from herald.serde import Record, decode
+from herald.streaming import Outgoing, failure_record
+from services.router import routing
+from services.router.app import (
+    SERVICE,
+    app,
+    catalogue,
+    event_types,
+    event_types_topic,
+    events_topic,
+    output_topics,
+    preferences,
+    preferences_topic,
+    recipients_topic,
+    router_settings,
+    users,
+    users_topic,
+)
+
+log = logging.getLogger(__name__)
+
+_GRACE_S = router_settings.lookup_grace_ms / 1000
+_POLL_S = router_settings.lookup_poll_ms / 1000
+
+
+#: The offset of the last record each table feeder stored (or skipped), by partition.
+_stored: dict[TP, int] = {}
+
+
+class _Readiness:
+    """When this worker's tables last started catching up (start-up or a rebalance)."""
+
+    at: float = time.time()
+
+
+def _on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+    _Readiness.at = time.time()
+    topic = recipients_topic.get_topic_name()
+    mine = sorted(tp.partition for tp in assigned if tp.topic == topic)
+    # Operators (and the multi-worker test) read who routes which users from this line.
+    log.info("partitions assigned", extra={"recipients_partitions": mine})
+
+
+# mode's handler type (mypy_extensions NamedArg in a Union) matches no plain function.
+app.on_partitions_assigned.connect(_on_assigned)  # type: ignore[arg-type]
+
+
+# --- stage 1 -------------------------------------------------------------------------------
+
+
+@app.agent(events_topic)
+async def expand_events(stream: StreamT[bytes]) -> None:
+    """Stage 1: validate each event and fan it out, one record per recipient."""
+    async for event in stream.events():
+        await _expand(event.message)
+
+
+async def _expand(message: Message) -> None:
+    _records_in(message.topic).inc()
+    try:
+        record = routing.decode_input(message.value, routing.EVENT)
+        event_type = await _lookup(event_types, record["event_type"], routing.EVENT_TYPE, message)
+        routing.check_event_type(record, event_type)
+        outgoing = routing.recipient_outputs(record, catalogue)
+    except Exception as exc:
+        await _dead_letter(message, _permanent(exc))
+        return
+    await _send(outgoing)
+
+
+# --- stage 2 -------------------------------------------------------------------------------
+
+
+@app.agent(recipients_topic)
+async def route_recipients(stream: StreamT[bytes]) -> None:
+    """Stage 2: route each recipient's copy of an event with this worker's tables."""
+    async for event in stream.events():
+        await _route(event.message)
+
+
+async def _route(message: Message) -> None:
+    _records_in(message.topic).inc()
+    try:
+        recipient = routing.decode_input(message.value, routing.RECIPIENT_EVENT)
+        user_id = recipient["user_id"]
+        code = recipient["event"]["event_type"]
+        # A preference changed just before this event must rule it: let the feeders of this
+        # partition's user and preferences rows store what their topics hold first.
+        await _wait_until_fed(message.partition, _deadline(message))
+        user = await _lookup(users, user_id, routing.USER, message)
+        if user is None:
+            raise PermanentError(
+                f"user {user_id!r} is unknown (no record on the users topic)",
+                error_class="user.unknown",
+            )
+        event_type = routing.check_event_type(
+            recipient["event"], await _lookup(event_types, code, routing.EVENT_TYPE, message)
+        )
+        raw_preferences = preferences.get(user_id.encode())
+        user_preferences = (
+            _decoded(raw_preferences, routing.PREFERENCES) if raw_preferences else None
+        )
+        routed = routing.route(recipient, user, user_preferences, event_type, datetime.now(UTC))
+        outgoing = routing.routed_outputs(routed, catalogue)
+    except Exception as exc:
+        await _dead_letter(message, _permanent(exc))
+        return
+    for status in routed.statuses:
+        DELIVERIES.labels(status["channel"], status["status"]).inc()
+    await _send(outgoing)
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+@app.agent(event_types_topic)
+async def load_event_types(stream: StreamT[bytes]) -> None:
+    """Keep the global event types table equal to the event types topic."""
+    async for event in stream.events():
+        _store(event, event_types, routing.EVENT_TYPE)
+
+
+@app.agent(users_topic)
+async def load_users(stream: StreamT[bytes]) -> None:
+    """Keep this worker's partitions of the users table equal to the users topic."""
+    async for event in stream.events():
+        _store(event, users, routing.USER)
+
+
+@app.agent(preferences_topic)
+async def load_preferences(stream: StreamT[bytes]) -> None:
+    """Keep this worker's partitions of the preferences table equal to the preferences topic."""
+    async for event in stream.events():
+        _store(event, preferences, routing.PREFERENCES)
+
+
+def _store(event: EventT, table: Any, full_name: str) -> None:
+    """Copy one compacted-topic record into its table: a tombstone deletes, an invalid record
+    is logged and left out (the table keeps the last valid version)."""
+    message = event.message
+    _records_in(message.topic).inc()
+    _stored[message.tp] = message.offset
+    if not message.key:
+        log.warning("record without a key ignored", extra=_where(message))
+        return
+    if message.value is None:
+        table.pop(message.key, None)
+        return
+    try:
+        routing.decode_input(message.value, full_name)
+    except PermanentError as exc:
+        ERRORS.labels(SERVICE, exc.error_class).inc()
+        log.warning(
+            "invalid table record ignored",
+            extra={**_where(message), "error_class": exc.error_class, "error": exc.message},
+        )
+        return
+    # The Avro bytes as they came: the changelog then holds records any Herald tool can read,
+    # and values written by an older schema still resolve when looked up.
+    table[message.key] = message.value
+
+
+# --- plumbing -----------------------------------------------------------------------------
+
+
+async def _lookup(table: Any, key: str, full_name: str, message: Message) -> Record | None:
+    """The table's record for ``key``, waiting a bounded time (see routing.lookup_deadline)
+    for one written just before ``message``. Waiting sleeps this agent only; the agents that
+    feed the tables go on."""
+    raw_key = key.encode()
+    raw = table.get(raw_key)
+    if raw is None:
+        deadline = _deadline(message)
+        while raw is None and time.time() < deadline:
+            await asyncio.sleep(_POLL_S)
+            raw = table.get(raw_key)
+    return _decoded(raw, full_name) if raw is not None else None
+
+
+def _deadline(message: Message) -> float:
+    return routing.lookup_deadline(
+        message.timestamp or time.time(), _Readiness.at, time.time(), _GRACE_S
+    )
+
+
+async def _wait_until_fed(partition: int, deadline: float) -> None:
+    """Wait (until ``deadline`` at most) until the users and preferences agents have stored
+    every record their topics' ``partition`` held when last fetched. Table rows are keyed
+    like the recipients, so that partition holds this recipient's rows."""
+    feeds = [TP(topic.get_topic_name(), partition) for topic in (users_topic, preferences_topic)]
+    while _behind(feeds) and time.time() < deadline:
+        await asyncio.sleep(_POLL_S)
+
+
+def _behind(partitions: Sequence[TP]) -> bool:
+    for tp in partitions:
+        try:
+            highwater = app.consumer.highwater(tp)
+        except Exception:  # not assigned any more (a rebalance): nothing to wait for here
+            return False
+        done = _fed_up_to(tp)
+        if highwater is not None and done is not None and done < highwater:
+            return True
+    return False
+
+
+def _fed_up_to(tp: TP) -> int | None:
+    """The offset up to which this worker's table holds ``tp``'s records: past the last one
+    stored, or the group's committed offset (where this worker took the partition over),
+    whichever is further; None when neither is known yet."""
+    # Faust keeps the committed offsets it seeks to after each rebalance, and updates them on
+    # commit; it has no public accessor for them.
+    committed: dict[TP, int | None] = getattr(app.consumer, "_committed_offset", {})
+    stored = _stored.get(tp)
+    after_stored = None if stored is None else stored + 1
+    known = [offset for offset in (committed.get(tp), after_stored) if offset is not None]
+    return max(known) if known else None
+
+
+@lru_cache(maxsize=8192)
+def _decoded(raw: bytes, full_name: str) -> Record:
+    # Table values are read far more often than written (one event type for many events):
+    # decode each version once. The records are shared: routing never mutates its inputs.
+    return decode(raw, full_name)
+
+
+def _permanent(exc: Exception) -> PermanentError:
+    """Poison as a typed error. Anything else a record makes the decision code raise is a bug
+    met by this record: it is parked too (``router.unexpected``, replayable once fixed), so
+    that one record never stops its partition."""
+    if isinstance(exc, PermanentError):
+        return exc
+    log.exception("unexpected error routing a record")
+    return PermanentError(f"{type(exc).__name__}: {exc}", error_class="router.unexpected")
+
+
+async def _dead_letter(message: Message, error: PermanentError) -> None:
+    """Park a poison record on the events DLQ with the x-* headers of the design."""
+    ERRORS.labels(SERVICE, error.error_class).inc()
+    log.warning(
+        "record dead-lettered",
+        extra={**_where(message), "error_class": error.error_class, "error": error.message},
+    )
+    original = KafkaMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=_headers(message.headers),
+    )
+    await _send(
+        [
+            failure_record(
+                original,
+                error,
+                retry_topics=(),
+                retry_delays_ms=(),
+                dlq_topic=catalogue.events.dlq_name,
+            )
+        ]
+    )
+
+
+async def _send(records: Sequence[Outgoing]) -> None:
+    """Hand records to Faust's producer; Faust flushes it before it commits offsets."""
+    for record in records:
+        key = record.key.encode() if isinstance(record.key, str) else record.key
+        headers = [
+            (name, value.encode() if isinstance(value, str) else (value or b""))
+            for name, value in record.headers
+        ]
+        await output_topics[record.topic].send(key=key, value=record.value, headers=headers)
+        _records_out(record.topic).inc()
+
+
+@cache
+def _records_in(topic: str) -> Any:
+    return RECORDS_IN.labels(SERVICE, topic)
+
+
+@cache
+def _records_out(topic: str) -> Any:
+    return RECORDS_OUT.labels(SERVICE, topic)
+
+
+def _headers(headers: Any) -> list[tuple[str, str | bytes | None]]:
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(name), value) for name, value in items]
+
+
+def _where(message: Message) -> dict[str, Any]:
+    return {"topic": message.topic, "partition": message.partition, "offset": message.offset}

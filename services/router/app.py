@@ -1,0 +1,170 @@
+"""The router's Faust app, declared once: its topics and its tables. Agents are in agents.py.
+
+Topic names come from the catalogue, with ``KAFKA_TOPIC_PREFIX``; so does the app id, so that
+tests on uuid-prefixed topics never share a consumer group or a changelog topic. Keys and values
+travel as raw bytes: records are Avro single-object encoded and decoded by :mod:`herald.serde`.
+
+Tables (in memory, rebuilt at start-up from their changelog topics
+``<app id>-<table>-changelog``, see :func:`changelog_topics`) hold the records as they came,
+Avro bytes keyed by id:
+
+- ``event_types``: a global table (every worker holds every type), fed from the event types
+  topic. Its partition count is that topic's, since the feeding agent writes each change to
+  the changelog partition it read it from. Faust applies a global table's standby changes one
+  by one; ``recovery_buffer_size=1`` does the same for the partition a worker owns, and keeps
+  it read after recovery (Faust's advice for a global table shared by several workers).
+- ``users`` and ``preferences``: keyed by user id, co-partitioned with the recipients topic
+  (same partition count, same murmur2 keying), so the worker that routes a user's records
+  holds that user's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from herald.settings import KafkaSettings, get_settings
+from schemas import CATALOGUE, TopicDeclaration, TopicSpec
+from services.router.settings import RouterSettings
+
+#: The ``service`` label of Herald's shared metrics.
+SERVICE = "router"
+
+settings = get_settings()
+router_settings = RouterSettings()
+catalogue = CATALOGUE.with_prefix(settings.kafka.topic_prefix)
+APP_ID = f"{settings.kafka.topic_prefix}herald-router"
+
+
+def broker_url(kafka: KafkaSettings) -> str:
+    """``host:port,host2:port2`` as Faust wants it: ``kafka://host:port;kafka://host2:port2``."""
+    return ";".join(f"kafka://{server}" for server in kafka.bootstrap_servers.split(","))
+
+
+def data_dir(router: RouterSettings) -> Path:
+    """Faust's data directory: the configured one, else one per process (tables are in
+    memory; the directory only has to exist and not be shared)."""
+    if router.data_dir is not None:
+        return router.data_dir
+    return Path(tempfile.gettempdir()) / f"{APP_ID}-{os.getpid()}"
+
+
+DATA_DIR = data_dir(router_settings)
+_session_timeout_s = settings.kafka.session_timeout_ms / 1000
+
+app = faust.App(
+    APP_ID,
+    broker=broker_url(settings.kafka),
+    store="memory://",
+    key_serializer="raw",
+    value_serializer="raw",
+    datadir=str(DATA_DIR),
+    # Tables without an explicit count (none today) and Faust's own topics follow the user
+    # tables, which the catalogue keeps co-partitioned.
+    topic_partitions=catalogue.users.partitions,
+    topic_replication_factor=catalogue.users.replication_factor,
+    # Faust must create its changelog topics (the broker does not auto-create topics); it
+    # never creates the catalogue's topics, which are not internal.
+    topic_allow_declare=True,
+    # No leader election topic: nothing here needs a leader.
+    topic_disable_leader=True,
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=_session_timeout_s,
+    broker_heartbeat_interval=max(_session_timeout_s / 4, 0.5),
+    broker_commit_interval=router_settings.commit_interval_ms / 1000,
+    producer_linger=router_settings.producer_linger_ms / 1000,
+    web_enabled=router_settings.web_port != 0,
+    web_port=router_settings.web_port or 6066,
+    web_bind=router_settings.web_bind,
+    web_host=router_settings.web_bind,
+    # Faust reads its settings from ROUTER_FAUST_<NAME> (e.g. ROUTER_FAUST_WEB_PORT), never
+    # from unprefixed variables another program may have set.
+    env_prefix="ROUTER_FAUST",
+)
+
+
+def _topic(spec: TopicSpec | str) -> faust.TopicT:
+    name = spec if isinstance(spec, str) else spec.name
+    # allow_empty: tombstones (null values) reach the agents, which treat them explicitly.
+    return app.topic(name, key_type=bytes, value_type=bytes, allow_empty=True)
+
+
+events_topic = _topic(catalogue.events)
+event_types_topic = _topic(catalogue.event_types)
+users_topic = _topic(catalogue.users)
+preferences_topic = _topic(catalogue.preferences)
+recipients_topic = _topic(catalogue.recipients)
+
+#: Every topic the router writes to, by name (the Outgoing records of routing.py name them).
+output_topics: dict[str, faust.TopicT] = {
+    name: _topic(name)
+    for name in (
+        catalogue.recipients.name,
+        catalogue.notifications.name,
+        catalogue.delivery_status.name,
+        catalogue.events.dlq_name,
+        *(catalogue.for_channel(channel).name for channel in catalogue.channels),
+    )
+}
+
+
+def _changelog_configs(spec: TopicSpec) -> dict[str, str]:
+    # The same compaction settings as the catalogue's compacted topics: Kafka's defaults would
+    # leave a changelog uncompacted for a week and make every restart re-read all of it.
+    return dict(spec.compact_config)
+
+
+event_types = app.GlobalTable(
+    "event_types",
+    key_type=bytes,
+    value_type=bytes,
+    partitions=catalogue.event_types.partitions,
+    recovery_buffer_size=1,
+    extra_topic_configs=_changelog_configs(catalogue.event_types),
+    help="herald.EventType records (Avro bytes) by event type code.",
+)
+users = app.Table(
+    "users",
+    key_type=bytes,
+    value_type=bytes,
+    partitions=catalogue.users.partitions,
+    extra_topic_configs=_changelog_configs(catalogue.users),
+    help="herald.User records (Avro bytes) by user id.",
+)
+preferences = app.Table(
+    "preferences",
+    key_type=bytes,
+    value_type=bytes,
+    partitions=catalogue.preferences.partitions,
+    extra_topic_configs=_changelog_configs(catalogue.preferences),
+    help="herald.Preferences records (Avro bytes) by user id.",
+)
+
+
+def changelog_topics() -> list[TopicDeclaration]:
+    """The tables' changelog topics, declared as Faust declares them (compacted, one partition
+    per partition of the table).
+
+    Faust creates missing ones itself, but the group leader may compute the assignment before
+    its metadata shows a topic it has just created, and then leaves the topic out: a table
+    never recovers, and a global table's assignment fails and the worker hangs. So the router
+    creates them first (herald.topics.create_declared_topics waits until they are served).
+    """
+    tables: list[tuple[Any, TopicSpec]] = [
+        (event_types, catalogue.event_types),
+        (users, catalogue.users),
+        (preferences, catalogue.preferences),
+    ]
+    return [
+        TopicDeclaration(
+            table.changelog_topic.get_topic_name(),
+            spec.partitions,
+            spec.replication_factor,
+            {"cleanup.policy": "compact", **_changelog_configs(spec)},
+        )
+        for table, spec in tables
+    ]

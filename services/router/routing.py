@@ -1,0 +1,405 @@
+"""The router's decisions as pure functions: no broker, no tables, no clock of their own.
+
+- :func:`decode_input`: a consumed value as the record it must be, or a typed poison error.
+- :func:`check_event_type` / :func:`expand`: stage 1, an event into one record per recipient.
+- :func:`choose_channels`: which of an event type's channels a user gets, and why not the rest.
+- :func:`route`: stage 2, one recipient's copy of an event into the notification, the delivery
+  requests and the status events (``pending`` or ``skipped``) it makes.
+- :func:`recipient_outputs` / :func:`routed_outputs`: those records as Kafka records
+  (:class:`herald.streaming.Outgoing`), on the catalogue's topics, keyed as the design says.
+
+Every error a record can cause is a :class:`herald.errors.PermanentError` with a stable
+``error_class`` (``serde.*``, ``event_type.*``, ``user.unknown``, ``template.*``): the agents
+send the record to the events DLQ with it.
+
+Templates see the event's ``context`` plus these built-ins (the event's own keys win, so a
+producer that sends its own ``display_name`` gets it):
+
+==================  ==========================================================
+``user_id``         the recipient's user id
+``display_name``    the recipient's display name, or their user id if unset
+``locale``          the recipient's locale (``en`` if unknown)
+``event_id``        the event's id
+``event_type``      the event type's code
+``event_type_name`` the event type's name, or its code if unnamed
+``actor_id``        who caused the event (empty if nobody did)
+``occurred_at``     when the event happened, ISO 8601 in UTC
+==================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from herald.errors import PermanentError
+from herald.identity import delivery_id, notification_id
+from herald.serde import (
+    CorruptRecordError,
+    IncompatibleSchemaError,
+    NotAvroError,
+    Record,
+    SerdeError,
+    UnknownSchemaError,
+    decode,
+    default_registry,
+    encode,
+)
+from herald.status import status_event, status_outgoing
+from herald.streaming import Outgoing
+from herald.templates import CHANNELS, generate_templates, render
+from schemas import Catalogue
+
+EVENT = "herald.Event"
+EVENT_TYPE = "herald.EventType"
+USER = "herald.User"
+PREFERENCES = "herald.Preferences"
+RECIPIENT_EVENT = "herald.RecipientEvent"
+NOTIFICATION = "herald.Notification"
+DELIVERY_REQUEST = "herald.DeliveryRequest"
+
+#: How a channel is named in a skip reason a person reads.
+_CHANNEL_LABELS = {"inapp": "in-app", "email": "email", "sms": "SMS"}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One channel's message, rendered."""
+
+    title: str
+    body: str
+    html: str | None = None
+
+
+@dataclass(frozen=True)
+class Routed:
+    """What one recipient's copy of an event makes.
+
+    ``notification`` is ``None`` when no channel delivers it (the user opted out, or has no
+    address for any of the type's channels): there is then nothing for an inbox, and the
+    skipped statuses alone say why.
+    """
+
+    notification: Record | None
+    deliveries: list[Record] = field(default_factory=list)
+    statuses: list[Record] = field(default_factory=list)
+
+
+# --- decoding -----------------------------------------------------------------------------
+
+
+def decode_input(data: bytes | None, full_name: str) -> Record:
+    """Decode a consumed value that must be a ``full_name`` record (any known version of it).
+
+    Raises :class:`PermanentError` for poison: ``serde.not_avro`` (not single-object Avro, or a
+    null value), ``serde.unknown_schema`` (a fingerprint nobody registered),
+    ``serde.wrong_schema`` (a valid record of another type), ``serde.incompatible`` or
+    ``serde.corrupt``.
+    """
+    registry = default_registry()
+    try:
+        writer = registry.writer_of(data or b"")
+    except NotAvroError as exc:
+        raise PermanentError(str(exc), error_class="serde.not_avro") from None
+    except UnknownSchemaError as exc:
+        raise PermanentError(str(exc), error_class="serde.unknown_schema") from None
+    if writer.full_name != full_name:
+        raise PermanentError(
+            f"expected a {full_name} record, got a {writer.full_name} record",
+            error_class="serde.wrong_schema",
+        )
+    try:
+        return decode(data or b"", full_name)
+    except IncompatibleSchemaError as exc:
+        raise PermanentError(str(exc), error_class="serde.incompatible") from None
+    except CorruptRecordError as exc:
+        raise PermanentError(str(exc), error_class="serde.corrupt") from None
+    except SerdeError as exc:  # any other serde failure is still this record's fault
+        raise PermanentError(str(exc), error_class="serde.error") from None
+
+
+# --- stage 1: events into recipients --------------------------------------------------------
+
+
+def check_event_type(
+    event: Mapping[str, Any], event_type: Mapping[str, Any] | None
+) -> Mapping[str, Any]:
+    """The event's type, if it may be notified; refuse an event whose type is not registered
+    (``event_type.unknown``) or is switched off (``event_type.inactive``)."""
+    code = event["event_type"]
+    if event_type is None:
+        raise PermanentError(
+            f"event type {code!r} is not registered (no record on the event types topic)",
+            error_class="event_type.unknown",
+        )
+    if not event_type.get("is_active", True):
+        raise PermanentError(f"event type {code!r} is inactive", error_class="event_type.inactive")
+    return event_type
+
+
+def expand(event: Mapping[str, Any]) -> list[Record]:
+    """One ``herald.RecipientEvent`` per recipient: the actor is left out, duplicates (and
+    empty ids) are dropped, and the recipients' order is kept."""
+    actor = event.get("actor_id")
+    users = dict.fromkeys(u for u in event.get("recipients", ()) if u and u != actor)
+    return [{"user_id": user_id, "event": dict(event)} for user_id in users]
+
+
+def recipient_outputs(event: Mapping[str, Any], catalogue: Catalogue) -> list[Outgoing]:
+    """The records stage 1 writes: each recipient's copy on the recipients topic, keyed by
+    user id so that it lands on the partition of that user's tables."""
+    topic = catalogue.recipients.name
+    return [
+        Outgoing(topic, recipient["user_id"].encode(), encode(RECIPIENT_EVENT, recipient))
+        for recipient in expand(event)
+    ]
+
+
+# --- stage 2: one recipient --------------------------------------------------------------
+
+
+def default_preferences(user_id: str) -> Record:
+    """The preferences of a user who never set any: every channel on, no per-type choice."""
+    return {
+        "user_id": user_id,
+        "inapp_enabled": True,
+        "email_enabled": True,
+        "sms_enabled": True,
+        "quiet_hours_start": None,
+        "quiet_hours_end": None,
+        "event_overrides": {},
+    }
+
+
+def choose_channels(
+    event_type: Mapping[str, Any],
+    preferences: Mapping[str, Any] | None,
+    user: Mapping[str, Any] | None = None,
+) -> dict[str, str | None]:
+    """Every channel of the event type, mapped to ``None`` (deliver) or why it is skipped.
+
+    In order: the user's choice for this event type (``event_overrides``: ``enabled`` false
+    turns it off, a ``channels`` list picks channels), else the type's ``default_enabled``
+    (off unless the user opted in with an override); then the user's channel switches
+    (``inapp_enabled``, ``email_enabled``, ``sms_enabled``). A ``mandatory`` type ignores all
+    of those. Finally, with ``user`` given, a channel needs an address: an email or a phone
+    number. ``preferences=None`` means the defaults (everything on). Channels Herald does not
+    know are ignored.
+    """
+    code = event_type["code"]
+    prefs = preferences if preferences is not None else default_preferences("")
+    channels = [c for c in dict.fromkeys(event_type.get("channels", ())) if c in CHANNELS]
+    choices: dict[str, str | None] = dict.fromkeys(channels)
+    if not event_type.get("mandatory", False):
+        override = (prefs.get("event_overrides") or {}).get(code)
+        for channel in channels:
+            choices[channel] = _preference_skip(channel, code, event_type, prefs, override)
+    if user is not None:
+        for channel in channels:
+            if choices[channel] is None:
+                choices[channel] = _address_skip(channel, user)
+    return choices
+
+
+def _preference_skip(
+    channel: str,
+    code: str,
+    event_type: Mapping[str, Any],
+    prefs: Mapping[str, Any],
+    override: Mapping[str, Any] | None,
+) -> str | None:
+    label = _CHANNEL_LABELS.get(channel, channel)
+    if override is not None:
+        if not override.get("enabled", True):
+            return f"the user turned off {code!r} notifications in their preferences"
+        chosen = override.get("channels")
+        if chosen is not None and channel not in chosen:
+            return f"the user's preferences for {code!r} do not include {label}"
+    elif not event_type.get("default_enabled", True):
+        return f"{code!r} is off by default and the user has not turned it on"
+    if not prefs.get(f"{channel}_enabled", True):
+        return f"{label} disabled by the user's preferences"
+    return None
+
+
+def _address_skip(channel: str, user: Mapping[str, Any]) -> str | None:
+    if channel == "email" and not user.get("email"):
+        return "user has no email address"
+    if channel == "sms" and not user.get("phone"):
+        return "user has no phone number"
+    return None
+
+
+def destination(channel: str, user: Mapping[str, Any]) -> str:
+    """Where a channel's message goes: the email address, the phone number, or the user id."""
+    if channel == "email":
+        return str(user["email"])
+    if channel == "sms":
+        return str(user["phone"])
+    return str(user["user_id"])
+
+
+def template_context(
+    event: Mapping[str, Any], user: Mapping[str, Any], event_type: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The variables templates see: the built-ins of this module's docstring, then the event's
+    context on top. Context values are data: they are never rendered as templates."""
+    occurred_at = event.get("occurred_at")
+    builtins: dict[str, Any] = {
+        "user_id": user["user_id"],
+        "display_name": user.get("display_name") or user["user_id"],
+        "locale": user.get("locale") or "en",
+        "event_id": event["event_id"],
+        "event_type": event_type["code"],
+        "event_type_name": event_type.get("name") or event_type["code"],
+        "actor_id": event.get("actor_id") or "",
+        "occurred_at": occurred_at.isoformat() if isinstance(occurred_at, datetime) else "",
+    }
+    return {**builtins, **(event.get("context") or {})}
+
+
+def render_channel(
+    event_type: Mapping[str, Any],
+    channel: str,
+    context: Mapping[str, Any],
+    context_keys: Iterable[str] = (),
+) -> Rendered:
+    """Render one channel's title, body (and, for email, HTML) from the event type's templates.
+
+    A channel without a template of its own uses the in-app one; a type without any gets
+    generated ones (its name as title, ``context_keys`` listed in the body). Raises
+    :class:`PermanentError` (``template.missing_key``, ``template.error``).
+    """
+    templates = event_type.get("templates") or {}
+    template: Mapping[str, Any] | None = templates.get(channel) or templates.get("inapp")
+    if template is None:
+        name = event_type.get("name") or event_type["code"]
+        template = generate_templates(name, context_keys, (channel,))[channel]
+    html_source: str | None = template.get("html") if channel == "email" else None
+    return Rendered(
+        title=render(str(template.get("title") or ""), context),
+        body=render(str(template["body"]), context),
+        html=render(html_source, context, html=True) if html_source else None,
+    )
+
+
+def route(
+    recipient_event: Mapping[str, Any],
+    user: Mapping[str, Any],
+    preferences: Mapping[str, Any] | None,
+    event_type: Mapping[str, Any],
+    now: datetime,
+) -> Routed:
+    """Decide and render everything one recipient's copy of an event makes.
+
+    ``preferences=None`` means the defaults. Ids are deterministic
+    (:mod:`herald.identity`), so routing the same copy twice makes the same records.
+    Raises :class:`PermanentError` when the type is inactive or a template cannot render.
+    """
+    # Seam for quiet hours (a later issue): a decision here may hold a channel back until
+    # the user's quiet hours end, from preferences' quiet_hours_* and user's timezone.
+    event = recipient_event["event"]
+    user_id = recipient_event["user_id"]
+    check_event_type(event, event_type)
+    choices = choose_channels(event_type, preferences, user)
+    nid = notification_id(event["event_id"], user_id)
+    statuses: list[Record] = []
+    deliveries: list[Record] = []
+    delivered = [channel for channel, reason in choices.items() if reason is None]
+    if not delivered:
+        for channel, reason in choices.items():
+            statuses.append(_skipped(nid, user_id, channel, reason, now))
+        return Routed(None, [], statuses)
+
+    context = template_context(event, user, event_type)
+    # Generated templates list the event's own context keys, not the built-ins.
+    keys = tuple(event.get("context") or ())
+    inbox = render_channel(event_type, "inapp", context, keys)
+    notification = {
+        "notification_id": nid,
+        "event_id": event["event_id"],
+        "user_id": user_id,
+        "event_type": event_type["code"],
+        "title": inbox.title,
+        "message": inbox.body,
+        "channels": delivered,
+        "metadata": dict(event.get("metadata") or {}),
+        "created_at": now,
+    }
+    for channel, reason in choices.items():
+        if reason is not None:
+            statuses.append(_skipped(nid, user_id, channel, reason, now))
+            continue
+        message = (
+            inbox if channel == "inapp" else render_channel(event_type, channel, context, keys)
+        )
+        delivery = {
+            "delivery_id": delivery_id(nid, channel),
+            "notification_id": nid,
+            "event_id": event["event_id"],
+            "user_id": user_id,
+            "event_type": event_type["code"],
+            "channel": channel,
+            "destination": destination(channel, user),
+            "subject": "" if channel == "sms" else message.title,
+            "body_text": message.body,
+            "body_html": message.html,
+            "locale": user.get("locale") or "en",
+            "created_at": now,
+        }
+        deliveries.append(delivery)
+        statuses.append(status_event(delivery, "pending", now=now))
+    return Routed(notification, deliveries, statuses)
+
+
+def _skipped(nid: str, user_id: str, channel: str, reason: str | None, now: datetime) -> Record:
+    ids = {
+        "delivery_id": delivery_id(nid, channel),
+        "notification_id": nid,
+        "user_id": user_id,
+        "channel": channel,
+    }
+    return status_event(ids, "skipped", error_message=reason, now=now)
+
+
+def routed_outputs(routed: Routed, catalogue: Catalogue) -> list[Outgoing]:
+    """The records stage 2 writes: the notification and the deliveries keyed by user id, each
+    delivery on its channel's topic, and the statuses (keyed by notification id)."""
+    out: list[Outgoing] = []
+    if routed.notification is not None:
+        notification = routed.notification
+        out.append(
+            Outgoing(
+                catalogue.notifications.name,
+                notification["user_id"].encode(),
+                encode(NOTIFICATION, notification),
+            )
+        )
+    for delivery in routed.deliveries:
+        out.append(
+            Outgoing(
+                catalogue.for_channel(delivery["channel"]).name,
+                delivery["user_id"].encode(),
+                encode(DELIVERY_REQUEST, delivery),
+            )
+        )
+    out.extend(status_outgoing(catalogue, status) for status in routed.statuses)
+    return out
+
+
+# --- how long a table lookup may wait -----------------------------------------------------
+
+
+def lookup_deadline(record_time: float, ready_at: float, now: float, grace: float) -> float:
+    """Until when (epoch seconds) a lookup may wait for a table that is a little behind.
+
+    A user or event type written just before the record that needs it may not have reached
+    this worker's table yet, so a miss is retried until the record (or, if later, this
+    worker's last rebalance) is ``grace`` seconds old. Deadlines of consecutive records are
+    thus shared, not added up: a burst of misses costs about ``grace`` in all, and an old
+    record read from a backlog after the tables caught up fails fast. Never later than
+    ``now + grace``, whatever timestamp a producer set.
+    """
+    return min(now, max(record_time, ready_at)) + grace

@@ -1,0 +1,46 @@
+"""The router's own settings (environment prefix ``ROUTER_``); Kafka's come from
+:class:`herald.settings.KafkaSettings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class RouterSettings(BaseSettings):
+    """How one router worker runs. Several workers share the work by Kafka's group protocol;
+    on one machine, give each its own ``ROUTER_WEB_PORT`` (or leave it 0) and metrics port."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore")
+
+    #: Prometheus /metrics port; 0 disables it.
+    metrics_port: int = Field(default=9402, ge=0, le=65535)
+    #: Faust's own web server (table and assignment pages); 0 (the default) disables it, so
+    #: that several workers on one machine never collide on a port.
+    web_port: int = Field(default=0, ge=0, le=65535)
+    web_bind: str = "127.0.0.1"
+    #: Faust's data directory. Tables are in memory (rebuilt from their changelogs), so by
+    #: default each process takes a fresh temporary directory and removes it on exit.
+    data_dir: Path | None = None
+    log_level: str = "INFO"
+    #: How long a record waits for a user or event type that this worker's tables do not
+    #: hold yet (written a moment before the record; see routing.lookup_deadline).
+    lookup_grace_ms: int = Field(default=2000, ge=0, le=60_000)
+    #: How often a waiting lookup looks again.
+    lookup_poll_ms: int = Field(default=50, ge=1, le=1000)
+    #: How long the producer waits to fill a batch: fewer, larger produce requests.
+    producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    #: How often consumed offsets are committed (after the records they produced are acked).
+    commit_interval_ms: int = Field(default=1000, ge=50, le=60_000)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"ROUTER_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
+        return level
