@@ -34,7 +34,7 @@ from herald.serde import encode
 from herald.settings import Settings, get_settings
 from herald.streaming import producer_config
 from herald.supervisor import ServiceProcess, start_service, stop_all
-from herald.topics import create_topics, delete_topics
+from herald.topics import admin_client, create_topics, delete_topics
 from schemas import CATALOGUE, Catalogue
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -203,7 +203,7 @@ def main() -> None:
     database = settings.database.model_copy(update={"database_schema": schema})
     catalogue = CATALOGUE.with_prefix(prefix)
     services: list[ServiceProcess] = []
-    created = create_topics(kafka, catalogue, prefix="")
+    create_topics(kafka, catalogue, prefix="")
     try:
         migrate.upgrade(database)
         env = {
@@ -316,7 +316,8 @@ def main() -> None:
     finally:
         stop_all(services)
         try:
-            delete_topics(kafka, [r.name for r in created])
+            existing = admin_client(kafka).list_topics(timeout=10).topics  # changelogs too
+            delete_topics(kafka, [name for name in existing if name.startswith(prefix)])
             with psycopg.connect(settings.database.libpq_url, autocommit=True) as admin:
                 admin.execute(f'drop schema if exists "{schema}" cascade')
         finally:
