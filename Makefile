@@ -6,10 +6,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv run test unit lint format bench dev-up dev-down dev-status clean
+.PHONY: help venv run demo test unit lint format bench dev-up dev-down dev-status clean
 
 help:
-	@echo "make run        bring up the local stack, topics, database; serve until Ctrl-C"
+	@echo "make run        bring everything up, play the demo scenarios, serve until Ctrl-C"
+	@echo "make demo       play the scenarios (starting what is not running); fails if one fails"
 	@echo "make test       every test (starts and stops the local stack itself)"
 	@echo "make unit       only the unit tests (no broker, no database)"
 	@echo "make lint       ruff (lint + format check) and mypy"
@@ -27,6 +28,9 @@ venv: $(STAMP)
 
 run: venv
 	$(BIN)/herald run
+
+demo: venv
+	$(BIN)/herald demo --up
 
 test: venv
 	$(BIN)/python -m pytest

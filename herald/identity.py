@@ -29,3 +29,9 @@ def notification_id(event_id: str, user_id: str) -> str:
 def delivery_id(notification_id: str, channel: str) -> str:
     """The id of one notification's delivery on one channel."""
     return str(uuid.uuid5(uuid.UUID(notification_id), channel))
+
+
+def derived_event_id(event_id: str, purpose: str) -> str:
+    """The id of an event Herald derives from another (e.g. the ``security.login_alert`` a
+    ``user.login`` raises): the same source event always derives the same event."""
+    return str(uuid.uuid5(event_uuid(event_id), purpose))

@@ -10,9 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from herald import PROJECT_ROOT
 
@@ -80,3 +82,23 @@ def stop_all(services: Iterable[ServiceProcess], timeout: float = 30.0) -> None:
             service.proc.send_signal(signal.SIGTERM)
     for service in services:
         service.stop(timeout=timeout)
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP endpoint answers 200 (e.g. an API's ``/readyz``)."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until_answers(url: str, timeout: float, stop: Callable[[], bool] = lambda: False) -> bool:
+    """Poll ``url`` until it answers 200 (True), ``timeout`` passes or ``stop()`` (False)."""
+    deadline = time.monotonic() + timeout
+    while not stop():
+        if answers(url):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.3)
+    return False

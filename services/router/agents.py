@@ -4,6 +4,10 @@
   ``herald.recipients.v1``, keyed by user id.
 - ``route_recipients`` (stage 2): each recipient's copy → notification, delivery requests and
   ``pending``/``skipped`` statuses, from the user, preferences and event type tables.
+  A ``user.login`` also updates the user's known devices; a new device raises a
+  ``security.login_alert``, routed the same way (services.router.devices).
+- ``weekly_digest``: a crontab (``ROUTER_DIGEST_CRON``) publishing the weekly digest events
+  (herald.digest) from one worker.
 - ``load_event_types``, ``load_users``, ``load_preferences``: keep the tables up to date from
   the compacted topics (a tombstone deletes).
 
@@ -27,11 +31,13 @@ from confluent_kafka import Message as KafkaMessage
 from faust.types import TP, EventT, StreamT
 from faust.types.tuples import Message
 
+from herald.digest import run_digest
 from herald.errors import PermanentError
 from herald.metrics import DELIVERIES, ERRORS, RECORDS_IN, RECORDS_OUT
+from herald.seed import LOGIN_ALERT
 from herald.serde import Record, decode
 from herald.streaming import Outgoing, failure_record
-from services.router import routing
+from services.router import devices, routing
 from services.router.app import (
     SERVICE,
     app,
@@ -39,11 +45,13 @@ from services.router.app import (
     event_types,
     event_types_topic,
     events_topic,
+    known_devices,
     output_topics,
     preferences,
     preferences_topic,
     recipients_topic,
     router_settings,
+    settings,
     users,
     users_topic,
 )
@@ -131,14 +139,70 @@ async def _route(message: Message) -> None:
         user_preferences = (
             _decoded(raw_preferences, routing.PREFERENCES) if raw_preferences else None
         )
-        routed = routing.route(recipient, user, user_preferences, event_type, datetime.now(UTC))
+        now = datetime.now(UTC)
+        routed = routing.route(recipient, user, user_preferences, event_type, now)
         outgoing = routing.routed_outputs(routed, catalogue)
+        if devices.is_login(recipient["event"]):
+            outgoing += await _login_alert(recipient, user, user_preferences, now, message)
     except Exception as exc:
         await _dead_letter(message, _permanent(exc))
         return
     for status in routed.statuses:
         DELIVERIES.labels(status["channel"], status["status"]).inc()
     await _send(outgoing)
+
+
+async def _login_alert(
+    recipient: Record,
+    user: Record,
+    user_preferences: Record | None,
+    now: datetime,
+    message: Message,
+) -> list[Outgoing]:
+    """Learn a login's device; a device new for this user raises a ``security.login_alert``,
+    routed like any event (see services.router.devices). The table is updated only once the
+    alert is routed, so a login parked on the DLQ is decided again when replayed."""
+    key = recipient["user_id"].encode()
+    known = devices.decode_devices(known_devices.get(key))
+    updated, is_new = devices.observe_login(known, recipient["event"], now)
+    outgoing: list[Outgoing] = []
+    if is_new:
+        alert = devices.login_alert(recipient)
+        alert_type = routing.check_event_type(
+            alert["event"], await _lookup(event_types, LOGIN_ALERT, routing.EVENT_TYPE, message)
+        )
+        routed = routing.route(alert, user, user_preferences, alert_type, now)
+        outgoing = routing.routed_outputs(routed, catalogue)
+        for status in routed.statuses:
+            DELIVERIES.labels(status["channel"], status["status"]).inc()
+    if updated != known:
+        known_devices[key] = devices.encode_devices(updated)
+    return outgoing
+
+
+# --- the weekly digest ----------------------------------------------------------------------
+
+
+def _runs_digest() -> bool:
+    """Whether this worker runs the digest: the one holding partition 0 of the recipients
+    topic (Faust's own leader election is off, see app.py; this is the same idea)."""
+    assigned = app.consumer.assignment() if app.consumer else set()
+    return TP(recipients_topic.get_topic_name(), 0) in assigned
+
+
+if router_settings.digest_cron:
+
+    @app.crontab(router_settings.digest_cron, timezone=UTC)
+    async def weekly_digest() -> None:
+        """Publish every user's weekly digest event (herald.digest); one worker only."""
+        if not _runs_digest():
+            return
+        try:
+            digests = await asyncio.to_thread(run_digest, settings, datetime.now(UTC))
+        except Exception:  # a failed run must not stop the router; the next one retries
+            log.exception("weekly digest failed")
+            return
+        log.info("weekly digest published", extra={"users": len(digests)})
 
 
 # --- tables -------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ Avro bytes keyed by id:
   the changelog partition it read it from. Faust applies a global table's standby changes one
   by one; ``recovery_buffer_size=1`` does the same for the partition a worker owns, and keeps
   it read after recovery (Faust's advice for a global table shared by several workers).
+- ``known_devices``: each user's devices (services.router.devices), keyed by user id like
+  ``users``; written by the recipients agent when it routes a ``user.login``.
 - ``users`` and ``preferences``: keyed by user id, co-partitioned with the recipients topic
   (same partition count, same murmur2 keying), so the worker that routes a user's records
   holds that user's rows.
@@ -143,6 +145,16 @@ preferences = app.Table(
     extra_topic_configs=_changelog_configs(catalogue.preferences),
     help="herald.Preferences records (Avro bytes) by user id.",
 )
+#: Written by the recipients agent (stage 2), so its changelog partitions are the recipients
+#: topic's, which the catalogue keeps equal to the users topic's.
+known_devices = app.Table(
+    "known_devices",
+    key_type=bytes,
+    value_type=bytes,
+    partitions=catalogue.recipients.partitions,
+    extra_topic_configs=_changelog_configs(catalogue.users),
+    help="Each user's known devices (JSON, see services.router.devices) by user id.",
+)
 
 
 def changelog_topics() -> list[TopicDeclaration]:
@@ -158,6 +170,7 @@ def changelog_topics() -> list[TopicDeclaration]:
         (event_types, catalogue.event_types),
         (users, catalogue.users),
         (preferences, catalogue.preferences),
+        (known_devices, catalogue.recipients),
     ]
     return [
         TopicDeclaration(

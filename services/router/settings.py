@@ -37,6 +37,20 @@ class RouterSettings(BaseSettings):
     #: How often consumed offsets are committed (after the records they produced are acked).
     commit_interval_ms: int = Field(default=1000, ge=50, le=60_000)
 
+    #: When the weekly digest runs (cron format, UTC; the worker holding partition 0 of the
+    #: recipients topic runs it). Empty: never (``herald digest run --now`` still works).
+    digest_cron: str = "0 8 * * 1"
+
+    @field_validator("digest_cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        value = value.strip()
+        if value and not croniter.is_valid(value):
+            raise ValueError(f"ROUTER_DIGEST_CRON {value!r} is not a cron expression")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

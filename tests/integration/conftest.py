@@ -11,15 +11,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
+from examples.publish_event import encode_event
+from herald.auth import LOCAL_ADMIN_API_KEY
 from herald.db import migrate
 from herald.devstack import stack
 from herald.settings import DatabaseSettings, KafkaSettings, Settings, get_settings
-from herald.topics import create_topics, delete_topics
+from herald.topics import admin_client, create_topics, delete_topics
 from schemas import CATALOGUE, Catalogue
-from tests.integration.services import ServiceProcess, start_service
+from tests.integration.pipeline import PIPELINE_SERVICES, Pipeline, free_port, wait_for
+from tests.integration.services import ServiceProcess, service_env, start_service
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -40,13 +44,16 @@ def kafka_settings(local_stack: Settings) -> KafkaSettings:
 
 @pytest.fixture
 def topics(kafka_settings: KafkaSettings) -> Iterator[Catalogue]:
-    """Every catalogue topic created under this test's prefix; deleted afterwards."""
+    """Every catalogue topic created under this test's prefix; afterwards every topic with
+    that prefix is deleted (the router's Faust changelog topics too)."""
     catalogue = CATALOGUE.with_prefix(kafka_settings.topic_prefix)
-    results = create_topics(kafka_settings, catalogue, prefix="")
+    create_topics(kafka_settings, catalogue, prefix="")
     try:
         yield catalogue
     finally:
-        delete_topics(kafka_settings, [r.name for r in results])
+        existing = admin_client(kafka_settings).list_topics(timeout=10).topics
+        prefix = kafka_settings.topic_prefix
+        delete_topics(kafka_settings, [name for name in existing if name.startswith(prefix)])
 
 
 @pytest.fixture
@@ -83,3 +90,63 @@ def run_service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     for service in started:
         print(f"----- {service.name} (exit {service.proc.returncode}) -----")
         print(service.output()[-4000:])
+
+
+@pytest.fixture
+def pipeline_env() -> dict[str, str]:
+    """Extra environment for the ``pipeline`` services; override it to configure them."""
+    return {}
+
+
+@pytest.fixture
+def pipeline(
+    pipeline_env: dict[str, str],
+    local_stack: Settings,
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+    run_service: Callable[..., ServiceProcess],
+) -> Iterator[Pipeline]:
+    """Every service running on this test's topics and schema, ingest and read APIs ready.
+
+    Yields :class:`herald.demo.System`; its ``publish`` encodes events with the plain-fastavro
+    example producer (Herald's public contract), not Herald's own serde.
+    """
+    ingest_port, read_port = free_port(), free_port()
+    env = service_env(
+        kafka_settings,
+        db_settings,
+        HERALD_INGEST_PORT=str(ingest_port),
+        HERALD_READ_API_PORT=str(read_port),
+        ROUTER_METRICS_PORT="0",
+        EMAIL_SENDER_METRICS_PORT="0",
+        SMS_SENDER_METRICS_PORT="0",
+        INAPP_STORE_METRICS_PORT="0",
+        INGEST_METRICS_PORT="0",
+        **pipeline_env,
+    )
+    for module in PIPELINE_SERVICES:
+        run_service(module, env)
+    local = local_stack.local.model_copy(
+        update={"ingest_port": ingest_port, "read_api_port": read_port}
+    )
+    settings = local_stack.model_copy(
+        update={"kafka": kafka_settings, "database": db_settings, "local": local}
+    )
+    headers = {"X-API-Key": LOCAL_ADMIN_API_KEY}
+    with (
+        httpx.Client(
+            base_url=f"http://127.0.0.1:{ingest_port}", timeout=15, headers=headers
+        ) as api,
+        httpx.Client(base_url=f"http://127.0.0.1:{read_port}", timeout=15, headers=headers) as read,
+    ):
+        for client in (api, read):
+
+            def ready(client: httpx.Client = client) -> bool:
+                try:
+                    return client.get("/readyz").status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(ready, 60, f"{client.base_url} to be ready")
+        yield Pipeline(api, settings, read_api=read, timeout=90, encode_event=encode_event)
