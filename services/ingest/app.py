@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, Request, Response
-from sqlalchemy.exc import OperationalError
+from fastapi import FastAPI
 
 from herald.auth import Authenticator, AuthSettings, install_auth
 from herald.db import make_engine, session_factory
 from herald.limits import RateLimiter, install_body_limit
 from herald.settings import Settings, get_settings
-from herald.webapi import install_metrics, install_problem_handlers, problem_response
+from herald.webapi import (
+    install_database_problem_handler,
+    install_metrics,
+    install_problem_handlers,
+)
 from schemas import CATALOGUE
 from services.ingest import event_types, events, health, preferences, users
 from services.ingest.publisher import Publisher
@@ -76,7 +79,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    app.add_exception_handler(OperationalError, _database_unavailable)
+    install_database_problem_handler(app)
     install_auth(
         app,
         Authenticator(
@@ -92,17 +95,3 @@ def create_app(
     app.include_router(users.router)
     app.include_router(preferences.router)
     return app
-
-
-async def _database_unavailable(request: Request, exc: Exception) -> Response:
-    # Connection refused, server gone, timeouts: transient, so 503 and not 500. Only the
-    # first line: the rest is SQLAlchemy's boilerplate.
-    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-    return problem_response(
-        request,
-        503,
-        "Database unavailable",
-        f"PostgreSQL did not answer ({reason}); try again",
-        type_="urn:herald:problem:database-unavailable",
-        headers={"Retry-After": "5"},
-    )

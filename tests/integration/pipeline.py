@@ -5,11 +5,9 @@ bound to the test's own topics and schema."""
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable
-from typing import Any
 
 from herald.demo import System
+from tests.integration.delivery_util import wait_for
 
 __all__ = ["PIPELINE_SERVICES", "Pipeline", "free_port", "wait_for"]
 
@@ -31,15 +29,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
