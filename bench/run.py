@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--payload-bytes", type=int, default=200, help="context padding")
     parser.add_argument("--latency-events", type=int, default=5_000)
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--router-workers", type=int, default=1, help="router processes")
     args = parser.parse_args()
 
     settings = get_settings()
@@ -215,8 +216,9 @@ def main() -> None:
             "INAPP_STORE_METRICS_PORT": "0",
         }
         log_dir = settings.local.local_dir / "bench-logs"
-        for module in ("services.inapp_store", "services.router"):
-            services.append(start_service(module, env, log_dir))
+        services.append(start_service("services.inapp_store", env, log_dir))
+        for worker in range(args.router_workers):
+            services.append(start_service("services.router", env, log_dir, name=f"router-{worker}"))
         channels = [c.strip() for c in args.channels.split(",") if c.strip()]
         for channel, module in (("email", "services.email_sender"), ("sms", "services.sms_sender")):
             if channel in channels:
