@@ -31,13 +31,16 @@ from typing import Any, Protocol
 
 from confluent_kafka import Message
 from prometheus_client import Counter
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Engine, select
 
+from herald.db import make_engine
 from herald.db.models import NotificationDelivery
 from herald.errors import PermanentError, ProcessingError, RetryableError
 from herald.metrics import DELIVERIES, ERRORS
 from herald.serde import SerdeError, decode
-from herald.settings import KafkaSettings
+from herald.settings import KafkaSettings, Settings
 from herald.status import status_event, status_outgoing
 from herald.streaming import (
     H_ATTEMPT,
@@ -47,7 +50,7 @@ from herald.streaming import (
     header_not_before,
     headers_dict,
 )
-from schemas import Catalogue
+from schemas import CATALOGUE, Catalogue
 
 log = logging.getLogger(__name__)
 
@@ -393,3 +396,50 @@ def run_sender(
         return 2
     log.info("%s stopped", service)
     return 1 if handler.failure_limit_reached else 0
+
+
+class SenderSettings(BaseSettings):
+    """What every channel sender configures the same way; each channel subclasses it with
+    its own environment prefix, metrics port and provider settings."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    #: Records consumed per batch.
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    #: Port of the Prometheus /metrics endpoint; 0 disables it.
+    metrics_port: int = Field(default=0, ge=0, le=65_535)
+    #: Time one batch may take; records left when it is spent go to the next retry tier
+    #: untried (keeps a batch well inside the consumer's 5-minute max.poll.interval.ms).
+    batch_budget_seconds: float = Field(default=120.0, ge=0, le=240)
+    #: Stop after this many records in a row went to the dead-letter topic (0: never).
+    max_consecutive_failures: int = Field(default=1_000, ge=0)
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+
+def serve_channel(
+    *,
+    service: str,
+    channel: str,
+    own: SenderSettings,
+    settings: Settings,
+    send: SendFunction,
+    close: Callable[[], None],
+) -> int:
+    """A channel sender's main loop: ``run_sender`` with the settings every sender shares,
+    then ``close`` (the provider connection) and the database pool, however it ended."""
+    engine = make_engine(settings.database, pool_size=1, max_overflow=1)
+    try:
+        return run_sender(
+            service=service,
+            channel=channel,
+            send=send,
+            catalogue=CATALOGUE.with_prefix(settings.kafka.topic_prefix),
+            kafka=settings.kafka,
+            already_sent=sent_lookup(engine),
+            batch_size=own.batch_size,
+            max_consecutive_failures=own.max_consecutive_failures,
+            batch_budget_seconds=own.batch_budget_seconds,
+        )
+    finally:
+        close()
+        engine.dispose()

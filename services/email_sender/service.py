@@ -6,11 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from herald import logs
-from herald.db import make_engine
 from herald.metrics import serve_metrics
-from herald.sender import run_sender, sent_lookup
+from herald.sender import serve_channel
 from herald.settings import get_settings
-from schemas import CATALOGUE
 from services.email_sender.message import build_message, envelope_sender
 from services.email_sender.settings import EmailSenderSettings
 from services.email_sender.smtp import SmtpEndpoint, SmtpTransport
@@ -50,19 +48,11 @@ def main() -> int:
         timeout=own.smtp_timeout_seconds,
         idle_check_seconds=own.smtp_idle_check_seconds,
     )
-    engine = make_engine(settings.database, pool_size=1, max_overflow=1)
-    try:
-        return run_sender(
-            service=SERVICE,
-            channel=CHANNEL,
-            send=EmailSender(transport, settings.smtp.email_from),
-            catalogue=CATALOGUE.with_prefix(settings.kafka.topic_prefix),
-            kafka=settings.kafka,
-            already_sent=sent_lookup(engine),
-            batch_size=own.batch_size,
-            max_consecutive_failures=own.max_consecutive_failures,
-            batch_budget_seconds=own.batch_budget_seconds,
-        )
-    finally:
-        transport.close()
-        engine.dispose()
+    return serve_channel(
+        service=SERVICE,
+        channel=CHANNEL,
+        own=own,
+        settings=settings,
+        send=EmailSender(transport, settings.smtp.email_from),
+        close=transport.close,
+    )

@@ -8,11 +8,9 @@ from typing import Any
 from prometheus_client import Counter
 
 from herald import logs
-from herald.db import make_engine
 from herald.metrics import serve_metrics
-from herald.sender import run_sender, sent_lookup
+from herald.sender import serve_channel
 from herald.settings import get_settings
-from schemas import CATALOGUE
 from services.sms_sender.client import SmsApi
 from services.sms_sender.message import fit_body, validate_e164
 from services.sms_sender.settings import SmsSenderSettings
@@ -58,19 +56,11 @@ def main() -> int:
         connect_timeout=own.connect_timeout_seconds,
         max_connections=own.max_connections,
     )
-    engine = make_engine(settings.database, pool_size=1, max_overflow=1)
-    try:
-        return run_sender(
-            service=SERVICE,
-            channel=CHANNEL,
-            send=SmsSender(api, own.max_segments),
-            catalogue=CATALOGUE.with_prefix(settings.kafka.topic_prefix),
-            kafka=settings.kafka,
-            already_sent=sent_lookup(engine),
-            batch_size=own.batch_size,
-            max_consecutive_failures=own.max_consecutive_failures,
-            batch_budget_seconds=own.batch_budget_seconds,
-        )
-    finally:
-        api.close()
-        engine.dispose()
+    return serve_channel(
+        service=SERVICE,
+        channel=CHANNEL,
+        own=own,
+        settings=settings,
+        send=SmsSender(api, own.max_segments),
+        close=api.close,
+    )
