@@ -20,6 +20,7 @@ from zoneinfo import available_timezones
 from pydantic import AfterValidator, Field, WithJsonSchema
 
 from herald import templates
+from herald.auth import check_user_id as check_user_id  # the shared rule, re-exported
 from herald.identity import HERALD_NAMESPACE
 
 #: Event type codes: lower case, starting with a letter, 2 to 64 characters.
@@ -54,15 +55,6 @@ def check_event_type_code(code: str) -> str:
             "'.', '_' or '-', starting with a letter (e.g. comment.created)"
         )
     return code
-
-
-def check_user_id(user_id: str) -> str:
-    """A user id: 1 to 255 printable characters without white space."""
-    if not 1 <= len(user_id) <= MAX_ID_LENGTH:
-        raise ValueError(f"a user id has 1 to {MAX_ID_LENGTH} characters, got {len(user_id)}")
-    if not user_id.isprintable() or any(c.isspace() for c in user_id):
-        raise ValueError(f"user id {user_id!r} must not contain white space or control characters")
-    return user_id
 
 
 def normalize_phone(phone: str) -> str:
