@@ -3,6 +3,7 @@ environment variable pointing elsewhere makes it external), how to start, stop a
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -266,18 +267,32 @@ class Kafka(Component):
                 text=True,
             )
             if result.returncode != 0:
-                raise StackError("formatting Kafka storage failed:\n" + result.stdout[-2000:])
+                output = (result.stdout + result.stderr).strip()
+                raise StackError("formatting Kafka storage failed:\n" + output[-2000:])
         spawn(self._java("kafka.Kafka", str(config)), pidfile=self.pidfile, log=self.log)
 
     def _cluster_id(self) -> str:
         path = self.dir / "cluster.id"
-        if not path.exists():
-            # A KRaft cluster id is a base64url uuid of 22 characters.
-            import base64
-
-            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            path.write_text(raw)
+        if not path.exists() or not valid_cluster_id(path.read_text().strip()):
+            path.write_text(new_cluster_id())
         return path.read_text().strip()
+
+
+def valid_cluster_id(value: str) -> bool:
+    """A KRaft cluster id: 22 base64url characters, not starting with '-'.
+
+    An id with a leading dash is read by kafka-storage's argument parser as an option
+    (`-t -abc…` fails with "expected one argument"); Kafka's own Uuid.randomUuid()
+    never hands one out for that reason.
+    """
+    return len(value) == 22 and not value.startswith("-")
+
+
+def new_cluster_id() -> str:
+    while True:
+        raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if valid_cluster_id(raw):
+            return raw
 
 
 class Postgres(Component):
