@@ -27,6 +27,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Text,
     Time,
@@ -316,6 +317,40 @@ class KnownDevice(Base):
     user_agent: Mapped[str | None]
     #: Reads return ``ipaddress`` objects; writes accept those or strings.
     ip: Mapped[IPv4Address | IPv6Address | str | None] = mapped_column(INET())
+
+
+#: The channels quiet hours hold back (the in-app inbox is never held).
+HOLDABLE_CHANNELS: Final = ("email", "sms")
+
+
+class HeldDelivery(Base):
+    """A delivery request the router holds back during the user's quiet hours.
+
+    Written by the router before it commits the offset of the event that made it, read by the
+    router's release loop (``release_at <= now()``, oldest first, ``FOR UPDATE SKIP LOCKED``),
+    which produces ``payload`` to the channel's deliveries topic and then deletes the row.
+    """
+
+    __tablename__ = "held_delivery"
+    __table_args__ = (
+        CheckConstraint(f"channel IN ({_sql_list(HOLDABLE_CHANNELS)})", name="channel_holdable"),
+    )
+
+    #: uuid5(notification_id, channel): routing the same event twice holds it once.
+    delivery_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    notification_id: Mapped[uuid.UUID]
+    #: The Kafka key of the deliveries topic.
+    user_id: Mapped[str]
+    channel: Mapped[str]
+    #: When the user's quiet hours end.
+    release_at: Mapped[datetime]
+    #: The ``herald.DeliveryRequest`` record, Avro single-object encoded, produced unchanged.
+    payload: Mapped[bytes] = mapped_column(LargeBinary())
+    created_at: Mapped[datetime] = _created_at()
+
+
+# The release loop reads the due rows, oldest first.
+Index("ix_held_delivery_release_at", HeldDelivery.release_at)
 
 
 #: Every Herald table, for ``alembic`` autogenerate comparisons and tests.
