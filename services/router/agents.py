@@ -6,6 +6,10 @@
   ``pending``/``skipped`` statuses, from the user, preferences and event type tables.
   A ``user.login`` also updates the user's known devices; a new device raises a
   ``security.login_alert``, routed the same way (services.router.devices).
+  Email and SMS held for the user's quiet hours are stored in PostgreSQL
+  (services.router.holds) before the record's offset can be committed.
+- ``release_held``: a timer (``ROUTER_QUIET_RELEASE_INTERVAL_MS``) producing the held
+  deliveries whose quiet hours have ended to their channel topics, from one worker.
 - ``weekly_digest``: a crontab (``ROUTER_DIGEST_CRON``) publishing the weekly digest events
   (herald.digest) from one worker.
 - ``load_event_types``, ``load_users``, ``load_preferences``: keep the tables up to date from
@@ -55,11 +59,15 @@ from services.router.app import (
     users,
     users_topic,
 )
+from services.router.holds import HoldStore
 
 log = logging.getLogger(__name__)
 
 _GRACE_S = router_settings.lookup_grace_ms / 1000
 _POLL_S = router_settings.lookup_poll_ms / 1000
+
+#: Held deliveries (quiet hours) in PostgreSQL; connects on first use.
+hold_store = HoldStore(settings.database, settings.kafka, catalogue)
 
 
 #: The offset of the last record each table feeder stored (or skipped), by partition.
@@ -149,6 +157,7 @@ async def _route(message: Message) -> None:
         return
     for status in routed.statuses:
         DELIVERIES.labels(status["channel"], status["status"]).inc()
+    await _hold(routing.held_rows(routed))
     await _send(outgoing)
 
 
@@ -175,17 +184,63 @@ async def _login_alert(
         outgoing = routing.routed_outputs(routed, catalogue)
         for status in routed.statuses:
             DELIVERIES.labels(status["channel"], status["status"]).inc()
+        await _hold(routing.held_rows(routed))
     if updated != known:
         known_devices[key] = devices.encode_devices(updated)
     return outgoing
 
 
+# --- quiet hours ---------------------------------------------------------------------------
+
+
+async def _hold(rows: list[dict[str, Any]]) -> None:
+    """Store held deliveries before the agent moves on (and Faust may commit the record's
+    offset). A database that does not answer is waited for, with growing pauses, for as long
+    as it takes: the alternatives are losing the delivery or sending it during quiet hours.
+    The partition stalls meanwhile, and the log says why."""
+    if not rows:
+        return
+    pause = 0.5
+    while True:
+        try:
+            await asyncio.to_thread(hold_store.hold, rows)
+            return
+        except Exception:
+            ERRORS.labels(SERVICE, "quiet_hours.store").inc()
+            log.exception(
+                "could not store held deliveries; retrying",
+                extra={"deliveries": [row["delivery_id"] for row in rows], "retry_in_s": pause},
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
+
+
+@app.timer(router_settings.quiet_release_interval_ms / 1000)
+async def release_held() -> None:
+    """Produce the held deliveries whose quiet hours have ended to their channel topics; one
+    worker only (the rows are locked ``SKIP LOCKED``, so two would not collide either)."""
+    if not _leads():
+        return
+    batch = router_settings.quiet_release_batch
+    try:
+        while True:
+            released = await asyncio.to_thread(hold_store.release_due, batch)
+            if released:
+                log.info("held deliveries released", extra={"count": released})
+            if released < batch:
+                return
+    except Exception:  # the next tick tries again; the rows are still there
+        ERRORS.labels(SERVICE, "quiet_hours.release").inc()
+        log.exception("releasing held deliveries failed")
+
+
 # --- the weekly digest ----------------------------------------------------------------------
 
 
-def _runs_digest() -> bool:
-    """Whether this worker runs the digest: the one holding partition 0 of the recipients
-    topic (Faust's own leader election is off, see app.py; this is the same idea)."""
+def _leads() -> bool:
+    """Whether this worker runs the work that one worker does for all (the weekly digest,
+    releasing held deliveries): the one holding partition 0 of the recipients topic (Faust's
+    own leader election is off, see app.py; this is the same idea)."""
     assigned = app.consumer.assignment() if app.consumer else set()
     return TP(recipients_topic.get_topic_name(), 0) in assigned
 
@@ -195,7 +250,7 @@ if router_settings.digest_cron:
     @app.crontab(router_settings.digest_cron, timezone=UTC)
     async def weekly_digest() -> None:
         """Publish every user's weekly digest event (herald.digest); one worker only."""
-        if not _runs_digest():
+        if not _leads():
             return
         try:
             digests = await asyncio.to_thread(run_digest, settings, datetime.now(UTC))

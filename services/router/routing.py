@@ -4,9 +4,11 @@
 - :func:`check_event_type` / :func:`expand`: stage 1, an event into one record per recipient.
 - :func:`choose_channels`: which of an event type's channels a user gets, and why not the rest.
 - :func:`route`: stage 2, one recipient's copy of an event into the notification, the delivery
-  requests and the status events (``pending`` or ``skipped``) it makes.
+  requests and the status events (``pending`` or ``skipped``) it makes, holding non-urgent
+  email and SMS during the user's quiet hours (:mod:`services.router.quiet_hours`).
 - :func:`recipient_outputs` / :func:`routed_outputs`: those records as Kafka records
-  (:class:`herald.streaming.Outgoing`), on the catalogue's topics, keyed as the design says.
+  (:class:`herald.streaming.Outgoing`), on the catalogue's topics, keyed as the design says;
+  :func:`held_rows`: the held deliveries as ``held_delivery`` rows (services.router.holds).
 
 Every error a record can cause is a :class:`herald.errors.PermanentError` with a stable
 ``error_class`` (``serde.*``, ``event_type.*``, ``user.unknown``, ``template.*``): the agents
@@ -51,6 +53,7 @@ from herald.status import status_event, status_outgoing
 from herald.streaming import Outgoing
 from herald.templates import CHANNELS, generate_templates, render
 from schemas import Catalogue
+from services.router import quiet_hours
 
 EVENT = "herald.Event"
 EVENT_TYPE = "herald.EventType"
@@ -59,6 +62,9 @@ PREFERENCES = "herald.Preferences"
 RECIPIENT_EVENT = "herald.RecipientEvent"
 NOTIFICATION = "herald.Notification"
 DELIVERY_REQUEST = "herald.DeliveryRequest"
+
+#: The channels quiet hours hold back; the in-app inbox is never held.
+_HOLDABLE = frozenset({"email", "sms"})
 
 #: How a channel is named in a skip reason a person reads.
 _CHANNEL_LABELS = {"inapp": "in-app", "email": "email", "sms": "SMS"}
@@ -74,17 +80,28 @@ class Rendered:
 
 
 @dataclass(frozen=True)
+class Held:
+    """A delivery request held back by the user's quiet hours until ``release_at`` (UTC)."""
+
+    delivery: Record
+    release_at: datetime
+
+
+@dataclass(frozen=True)
 class Routed:
     """What one recipient's copy of an event makes.
 
     ``notification`` is ``None`` when no channel delivers it (the user opted out, or has no
     address for any of the type's channels): there is then nothing for an inbox, and the
-    skipped statuses alone say why.
+    skipped statuses alone say why. ``deliveries`` go to their channel topics now; ``held``
+    ones are stored and go there when the user's quiet hours end. Each of both has a
+    ``pending`` status (a held one's says why and until when).
     """
 
     notification: Record | None
     deliveries: list[Record] = field(default_factory=list)
     statuses: list[Record] = field(default_factory=list)
+    held: list[Held] = field(default_factory=list)
 
 
 # --- decoding -----------------------------------------------------------------------------
@@ -296,10 +313,12 @@ def route(
 
     ``preferences=None`` means the defaults. Ids are deterministic
     (:mod:`herald.identity`), so routing the same copy twice makes the same records.
+    During the user's quiet hours (preferences' ``quiet_hours_*``, in the user's ``timezone``,
+    at ``now``) the email and SMS deliveries of a type that is not ``urgent`` are ``held``
+    until the window ends, with a ``pending`` status of error class ``quiet_hours.held``
+    naming the release time; the in-app delivery is not held.
     Raises :class:`PermanentError` when the type is inactive or a template cannot render.
     """
-    # Seam for quiet hours (a later issue): a decision here may hold a channel back until
-    # the user's quiet hours end, from preferences' quiet_hours_* and user's timezone.
     event = recipient_event["event"]
     user_id = recipient_event["user_id"]
     check_event_type(event, event_type)
@@ -328,6 +347,10 @@ def route(
         "metadata": dict(event.get("metadata") or {}),
         "created_at": now,
     }
+    release_at = None
+    if not event_type.get("urgent", False) and any(c in _HOLDABLE for c in delivered):
+        release_at = quiet_hours.quiet_until(preferences, user.get("timezone"), now)
+    held: list[Held] = []
     for channel, reason in choices.items():
         if reason is not None:
             statuses.append(_skipped(nid, user_id, channel, reason, now))
@@ -349,9 +372,32 @@ def route(
             "locale": user.get("locale") or "en",
             "created_at": now,
         }
+        if release_at is not None and channel in _HOLDABLE:
+            held.append(Held(delivery, release_at))
+            statuses.append(_held(delivery, release_at, preferences, user, now))
+            continue
         deliveries.append(delivery)
         statuses.append(status_event(delivery, "pending", now=now))
-    return Routed(notification, deliveries, statuses)
+    return Routed(notification, deliveries, statuses, held)
+
+
+def _held(
+    delivery: Mapping[str, Any],
+    release_at: datetime,
+    preferences: Mapping[str, Any] | None,
+    user: Mapping[str, Any],
+    now: datetime,
+) -> Record:
+    window = quiet_hours.quiet_window(preferences)
+    assert window is not None  # release_at comes from this window
+    message = quiet_hours.held_message(release_at, *window, user.get("timezone"))
+    return status_event(
+        delivery,
+        "pending",
+        error_class=quiet_hours.HELD_ERROR_CLASS,
+        error_message=message,
+        now=now,
+    )
 
 
 def _skipped(nid: str, user_id: str, channel: str, reason: str | None, now: datetime) -> Record:
@@ -387,6 +433,23 @@ def routed_outputs(routed: Routed, catalogue: Catalogue) -> list[Outgoing]:
         )
     out.extend(status_outgoing(catalogue, status) for status in routed.statuses)
     return out
+
+
+def held_rows(routed: Routed) -> list[dict[str, Any]]:
+    """The held deliveries as ``held_delivery`` rows (herald.db.models.HeldDelivery): the
+    encoded ``herald.DeliveryRequest`` is produced as it is, keyed by user id, on its
+    channel's topic when ``release_at`` comes."""
+    return [
+        {
+            "delivery_id": held.delivery["delivery_id"],
+            "notification_id": held.delivery["notification_id"],
+            "user_id": held.delivery["user_id"],
+            "channel": held.delivery["channel"],
+            "release_at": held.release_at,
+            "payload": encode(DELIVERY_REQUEST, held.delivery),
+        }
+        for held in routed.held
+    ]
 
 
 # --- how long a table lookup may wait -----------------------------------------------------

@@ -37,6 +37,12 @@ class RouterSettings(BaseSettings):
     #: How often consumed offsets are committed (after the records they produced are acked).
     commit_interval_ms: int = Field(default=1000, ge=50, le=60_000)
 
+    #: How often the worker holding partition 0 of the recipients topic releases the email and
+    #: SMS deliveries held for quiet hours whose window has ended (services.router.holds).
+    quiet_release_interval_ms: int = Field(default=5000, ge=100, le=600_000)
+    #: At most this many held deliveries per database transaction of the release loop.
+    quiet_release_batch: int = Field(default=500, ge=1, le=10_000)
+
     #: When the weekly digest runs (cron format, UTC; the worker holding partition 0 of the
     #: recipients topic runs it). Empty: never (``herald digest run --now`` still works).
     digest_cron: str = "0 8 * * 1"
