@@ -151,3 +151,42 @@ def test_email_and_sms_wait_for_the_end_of_quiet_hours(pipeline: Pipeline) -> No
     assert subjects == ["Account locked", "Reminder one", "Reminder two"]
     assert len(pipeline.sms_to(quinn_contact["phone"])) == 2
     assert pipeline.sql("select count(*) from held_delivery") == [(0,)]
+
+
+def test_a_held_email_is_sent_when_the_window_really_ends(pipeline: Pipeline) -> None:
+    """No shortcut: the window ends at the next minute boundary (30 to 90 s away) and the
+    release loop alone, on the database's clock, lets the email go."""
+    reminder = f"reminder.soon.{pipeline.run}"
+    _put_type(pipeline, reminder, ["inapp", "email"])
+    zone = "America/St_Johns"  # UTC-3:30 (-2:30 in summer)
+    uma = pipeline.user("uma", timezone=zone)
+    email = pipeline.user_contact(uma)["email"]
+    # Warm the pipeline up first, so that the held event is routed well inside its window.
+    warm = pipeline.publish(reminder, [uma], what="Before")
+    wait_for(lambda: _status_is(pipeline, warm, uma, "email", "sent"), 90, "the warm-up email")
+
+    local_now = datetime.now(ZoneInfo(zone))
+    end_local = (local_now + timedelta(seconds=90)).replace(second=0, microsecond=0)
+    response = pipeline.api.put(
+        f"/v1/users/{uma}/preferences",
+        json={
+            "quiet_hours_start": (local_now - timedelta(hours=1)).strftime("%H:%M"),
+            "quiet_hours_end": end_local.strftime("%H:%M"),
+        },
+    )
+    assert response.status_code == 200, response.text
+    held = pipeline.publish(reminder, [uma], what="After the window")
+    status = wait_for(partial(_delivery, pipeline, held, uma, "email"), 30, "the held status")
+    assert status[:2] == ("pending", "quiet_hours.held"), status
+
+    wait_for(lambda: _status_is(pipeline, held, uma, "email", "sent"), 150, "the released email")
+    (delivered_at,) = pipeline.sql(
+        "select delivered_at from notification_delivery where id = %s",
+        delivery_id(notification_id(held, uma), "email"),
+    )[0]
+    assert delivered_at >= end_local
+    assert sorted(m["subject"] for m in pipeline.emails_to(email)) == [
+        "After the window",
+        "Before",
+    ]
+    assert pipeline.sql("select count(*) from held_delivery") == [(0,)]
