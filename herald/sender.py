@@ -5,9 +5,13 @@ A sender consumes its channel's deliveries topic and that topic's retry tiers wi
 happens to each ``herald.DeliveryRequest``:
 
 - undecodable or malformed → the channel's DLQ (never stops the stream);
-- already ``sent``/``delivered`` (one database query per batch, plus this process's memory of
-  what it sent recently) → skipped, never sent twice;
-- otherwise the channel's ``send(request)`` is called:
+- already sent (the send journal, one query per batch, plus this process's memory of what it
+  sent recently) → skipped, never sent twice;
+- begun but never confirmed by a sender that died mid-send (journal state ``sending``) →
+  sent again only where the provider de-duplicates (``resend_uncertain``, the SMS provider's
+  idempotency key); otherwise parked on the DLQ as ``sender.outcome_unknown`` for an operator;
+- otherwise the delivery is claimed in the journal, then the channel's ``send(request)`` is
+  called:
 
   - it returns the provider's message id → a ``sent`` status;
   - it raises :class:`~herald.errors.RetryableError` → the next retry tier and a ``retrying``
@@ -17,6 +21,12 @@ happens to each ``herald.DeliveryRequest``:
 The handler only decides and sends; :class:`~herald.streaming.BatchLoop` produces what it
 returns and commits the offsets afterwards. Records on a retry tier wait for their
 ``x-not-before`` in the loop (their partition is paused), not here.
+
+A provider that fails every request must not push the whole topic through the retry tiers
+into the DLQ in seconds: after ``breaker_failures`` transient failures in a row the
+:class:`Breaker` opens, the rest of the batch is held (rewound and paused, not tried), and the
+sender backs off — doubling up to a ceiling — trying one record at a time until one succeeds.
+``herald_sender_circuit_open`` is 1 while it waits; alert on it.
 """
 
 from __future__ import annotations
@@ -30,13 +40,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Message
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, text
 
 from herald.db import make_engine
-from herald.db.models import NotificationDelivery
 from herald.errors import PermanentError, ProcessingError, RetryableError
 from herald.metrics import DELIVERIES, ERRORS
 from herald.serde import SerdeError, decode
@@ -44,7 +53,9 @@ from herald.settings import KafkaSettings, Settings
 from herald.status import status_event, status_outgoing
 from herald.streaming import (
     H_ATTEMPT,
+    H_REPLAY_COUNT,
     BatchLoop,
+    Handled,
     Outgoing,
     failure_record,
     header_not_before,
@@ -57,10 +68,22 @@ log = logging.getLogger(__name__)
 REQUEST_SCHEMA = "herald.DeliveryRequest"
 #: Delivery states after which a delivery must never be sent again.
 DONE_STATUSES = ("sent", "delivered")
+#: The error class of a delivery whose send began but was never confirmed.
+OUTCOME_UNKNOWN = "sender.outcome_unknown"
 
 DUPLICATES_SKIPPED = Counter(
     "herald_sender_duplicates_skipped_total",
     "Deliveries not sent because they were already sent",
+    ["channel"],
+)
+CIRCUIT_OPEN = Gauge(
+    "herald_sender_circuit_open",
+    "1 while the sender backs off from a provider that fails every request",
+    ["channel"],
+)
+CIRCUIT_TRIPS = Counter(
+    "herald_sender_circuit_trips_total",
+    "Times the sender stopped trying its provider after consecutive transient failures",
     ["channel"],
 )
 
@@ -75,12 +98,73 @@ class SendFunction(Protocol):
     def __call__(self, request: Mapping[str, Any]) -> str: ...
 
 
-#: Given delivery ids, return those already sent or delivered (one query per batch).
-SentLookup = Callable[[Collection[str]], set[str]]
+class SendJournal(Protocol):
+    """Where a sender records, durably and before anything else happens, what it sends.
+
+    ``claim`` before the provider is called, ``confirm`` as soon as it accepted: a sender
+    killed in between leaves the claim, and whoever consumes the record again knows the
+    outcome is unknown rather than sending blindly a second time.
+    """
+
+    def states(self, delivery_ids: Collection[str]) -> dict[str, JournalEntry]:
+        """The journal's entries for those of ``delivery_ids`` it knows (one query)."""
+        ...
+
+    def claim(self, delivery_id: str, channel: str, attempt: int) -> None: ...
+
+    def confirm(self, delivery_id: str, provider_message_id: str) -> None: ...
+
+    def release(self, delivery_id: str) -> None:
+        """Drop a claim whose send failed with a known outcome (nothing was sent)."""
+        ...
 
 
-class FailureLimitExceeded(RuntimeError):
-    """Too many records in a row went to the dead-letter topic: something is broken."""
+@dataclass(frozen=True)
+class JournalEntry:
+    """``state``: ``sending`` (claimed, outcome unknown), ``sent`` (the provider accepted it)
+    or ``recorded`` (its sent/delivered status is already in ``notification_delivery``)."""
+
+    state: str
+    provider_message_id: str | None = None
+
+
+@dataclass
+class Breaker:
+    """Consecutive transient failures open it; it then holds records for a back-off that
+    doubles on every failed probe (up to ``backoff_max``) and closes on the first success.
+
+    ``failures=0`` disables it.
+    """
+
+    failures: int = 20
+    backoff: float = 5.0
+    backoff_max: float = 300.0
+    consecutive: int = 0
+    open_until: float = 0.0
+    current_backoff: float = 0.0
+
+    def is_open(self, now: float) -> bool:
+        return now < self.open_until
+
+    def success(self) -> bool:
+        """Record a success; True when this closed a tripped breaker."""
+        tripped = self.current_backoff > 0
+        self.consecutive = 0
+        self.current_backoff = 0.0
+        self.open_until = 0.0
+        return tripped
+
+    def failure(self, now: float) -> bool:
+        """Record a transient failure; True when the breaker (re)opens because of it."""
+        self.consecutive += 1
+        if not self.failures or self.consecutive < self.failures:
+            return False
+        if self.current_backoff:
+            self.current_backoff = min(self.current_backoff * 2, self.backoff_max)
+        else:
+            self.current_backoff = min(self.backoff, self.backoff_max)
+        self.open_until = now + self.current_backoff
+        return True
 
 
 @dataclass(frozen=True)
@@ -110,6 +194,14 @@ class SenderRoutes:
     def topics(self) -> list[str]:
         """Every topic the sender consumes: the deliveries topic and its retry tiers."""
         return [self.source_topic, *self.retry_topics]
+
+
+def replay_count_of(message: Message) -> int:
+    """How often an operator replayed the record (``x-replay-count``; 0 when absent)."""
+    try:
+        return max(0, int(headers_dict(message).get(H_REPLAY_COUNT, "0")))
+    except ValueError:
+        return 0
 
 
 def attempt_of(message: Message) -> int:
@@ -169,10 +261,14 @@ class RecentlySent:
 class SenderHandler:
     """The batch handler of a sender: decide, send, and return what to produce.
 
-    ``max_consecutive_failures`` (0 disables) is the dead-letter limit: when that many records
-    in a row went to the DLQ, ``on_failure_limit`` is called (the service stops its loop after
-    the current batch is produced and committed) — a sender that dead-letters everything is
-    misconfigured or broken, and should stop rather than empty its topic into the DLQ.
+    ``journal`` makes "never sent twice" hold across crashes (see :class:`SendJournal`);
+    ``resend_uncertain`` says what to do with a delivery a dead sender claimed but never
+    confirmed: send it again (only safe where the provider de-duplicates on the delivery id)
+    or park it on the DLQ as ``sender.outcome_unknown`` for an operator to replay.
+
+    ``breaker`` bounds the failure rate (see :class:`Breaker`): while it is open, records are
+    held (rewound and paused by the loop), not tried, so a dead provider does not empty the
+    topic into the retry tiers and the DLQ.
 
     ``batch_budget_seconds`` (0 disables) bounds one batch: once it is spent (a provider that
     answers every request only at its timeout), the batch's remaining records are not tried
@@ -187,10 +283,10 @@ class SenderHandler:
         routes: SenderRoutes,
         catalogue: Catalogue,
         send: SendFunction,
-        already_sent: SentLookup,
+        journal: SendJournal,
+        resend_uncertain: bool = False,
         recently_sent: RecentlySent | None = None,
-        max_consecutive_failures: int = 0,
-        on_failure_limit: Callable[[], None] | None = None,
+        breaker: Breaker | None = None,
         batch_budget_seconds: float = 0,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
@@ -199,18 +295,18 @@ class SenderHandler:
         self.routes = routes
         self.catalogue = catalogue
         self.send = send
-        self.already_sent = already_sent
+        self.journal = journal
+        self.resend_uncertain = resend_uncertain
         self.recently_sent = recently_sent if recently_sent is not None else RecentlySent()
-        self.max_consecutive_failures = max_consecutive_failures
-        self.on_failure_limit = on_failure_limit
+        self.breaker = breaker if breaker is not None else Breaker(failures=0)
         self.batch_budget_seconds = batch_budget_seconds
         self.clock = clock
         self.timer = timer
-        self.consecutive_failures = 0
-        self.failure_limit_reached = False
+        CIRCUIT_OPEN.labels(routes.channel).set(0)
 
-    def __call__(self, messages: list[Message]) -> list[Outgoing]:
-        """Handle one batch; return the retry/DLQ records and status events to produce."""
+    def __call__(self, messages: list[Message]) -> list[Outgoing] | Handled:
+        """Handle one batch; return the retry/DLQ records and status events to produce,
+        and the records held back while the breaker is open."""
         deadline = self.timer() + self.batch_budget_seconds if self.batch_budget_seconds else None
         outgoing: list[Outgoing] = []
         decoded: list[tuple[Message, dict[str, Any]]] = []
@@ -224,59 +320,105 @@ class SenderHandler:
                     extra={"error_class": exc.error_class, "error": exc.message},
                 )
                 outgoing.append(self._route_failure(message, exc))
-                self._count_failure(exc, dead_lettered=True)
-        done = self.already_sent({request["delivery_id"] for _, request in decoded})
-        for message, request in decoded:
+                ERRORS.labels(self.service, exc.error_class).inc()
+        journal = self.journal.states({request["delivery_id"] for _, request in decoded})
+        for index, (message, request) in enumerate(decoded):
+            if self.breaker.is_open(self.clock()):
+                held = [m for m, _ in decoded[index:]]
+                return Handled(outgoing, held, self.breaker.open_until)
             out_of_time = deadline is not None and self.timer() > deadline
-            outgoing.extend(self._deliver(message, request, done, out_of_time=out_of_time))
+            entry = journal.get(request["delivery_id"])
+            outgoing.extend(self._deliver(message, request, entry, out_of_time=out_of_time))
         return outgoing
 
     def _deliver(
         self,
         message: Message,
         request: dict[str, Any],
-        done: Collection[str],
+        entry: JournalEntry | None,
         *,
         out_of_time: bool = False,
     ) -> list[Outgoing]:
         delivery_id = request["delivery_id"]
-        if delivery_id in done or delivery_id in self.recently_sent:
-            DUPLICATES_SKIPPED.labels(self.routes.channel).inc()
-            log.info("already sent; skipped", extra={"delivery_id": delivery_id})
-            return []
         attempt = attempt_of(message)
+        if delivery_id in self.recently_sent or (entry and entry.state == "recorded"):
+            return self._skip(delivery_id)
+        if entry and entry.state == "sent":
+            # Sent, but the sender stopped before its status event was out: report it now.
+            self._skip(delivery_id)
+            self.recently_sent.add(delivery_id)
+            event = status_event(
+                request, "sent", attempt=attempt, provider_message_id=entry.provider_message_id
+            )
+            return [status_outgoing(self.catalogue, event)]
+        if entry and entry.state == "sending":
+            if not self.resend_uncertain and replay_count_of(message) == 0:
+                error: ProcessingError = PermanentError(
+                    "a sender stopped after it began sending this delivery and before the "
+                    "provider's answer was recorded, so it may have arrived; sending it again "
+                    "could duplicate it. Replay it (`herald dlq replay --error-class "
+                    f"{OUTCOME_UNKNOWN}`) to send it again.",
+                    error_class=OUTCOME_UNKNOWN,
+                )
+                return self._failed(message, request, attempt, error, status="dead")
+            log.info(
+                "resending a delivery whose outcome is unknown",
+                extra={"delivery_id": delivery_id, "replayed": replay_count_of(message) > 0},
+            )
         if out_of_time:
             error = RetryableError(
                 f"not tried: the batch used up its {self.batch_budget_seconds:g} s budget",
                 error_class="sender.batch_budget",
             )
             return self._failed(message, request, attempt, error)
+        self.journal.claim(delivery_id, self.routes.channel, attempt)
         try:
             provider_id = self.send(request)
         except ProcessingError as exc:
+            # The channel judged it not sent (a refusal, an error reply, no connection): the
+            # claim is released, so a retry or a replay is an ordinary send.
+            self.journal.release(delivery_id)
             return self._failed(message, request, attempt, exc)
         except Exception as exc:
             # A bug or an unmapped library error: retry it like a transient failure, so the
             # record ends on the DLQ (not lost, not retried forever) if it keeps happening.
+            # The claim stays: nobody knows whether the provider got the message.
             log.exception("unexpected error while sending", extra={"delivery_id": delivery_id})
             error = RetryableError(f"{type(exc).__name__}: {exc}", error_class="unexpected")
             return self._failed(message, request, attempt, error)
+        self.journal.confirm(delivery_id, provider_id)
         self.recently_sent.add(delivery_id)
-        self.consecutive_failures = 0
+        if self.breaker.success():
+            CIRCUIT_OPEN.labels(self.routes.channel).set(0)
+            log.info(
+                "provider answering again; sending resumes", extra={"delivery_id": delivery_id}
+            )
         DELIVERIES.labels(self.routes.channel, "sent").inc()
         event = status_event(request, "sent", attempt=attempt, provider_message_id=provider_id)
         return [status_outgoing(self.catalogue, event)]
 
+    def _skip(self, delivery_id: str) -> list[Outgoing]:
+        DUPLICATES_SKIPPED.labels(self.routes.channel).inc()
+        log.info("already sent; skipped", extra={"delivery_id": delivery_id})
+        return []
+
     def _failed(
-        self, message: Message, request: dict[str, Any], attempt: int, error: ProcessingError
+        self,
+        message: Message,
+        request: dict[str, Any],
+        attempt: int,
+        error: ProcessingError,
+        *,
+        status: str | None = None,
     ) -> list[Outgoing]:
         record = self._route_failure(message, error)
-        if record.topic == self.routes.dlq_topic:
+        if status is None and record.topic == self.routes.dlq_topic:
             status = "dead" if isinstance(error, RetryableError) else "failed"
-        else:
-            status = "retrying"
+        status = status or "retrying"
         DELIVERIES.labels(self.routes.channel, status).inc()
-        self._count_failure(error, dead_lettered=status != "retrying")
+        ERRORS.labels(self.service, error.error_class).inc()
+        if isinstance(error, RetryableError) and error.error_class != "sender.batch_budget":
+            self._provider_failed(error)
         log.warning(
             "delivery %s",
             status,
@@ -291,6 +433,18 @@ class SenderHandler:
         event = status_event(request, status, attempt=attempt, error=error)
         return [record, status_outgoing(self.catalogue, event)]
 
+    def _provider_failed(self, error: ProcessingError) -> None:
+        if not self.breaker.failure(self.clock()):
+            return
+        CIRCUIT_OPEN.labels(self.routes.channel).set(1)
+        CIRCUIT_TRIPS.labels(self.routes.channel).inc()
+        log.error(
+            "%d transient failures in a row; holding records for %g s before trying again",
+            self.breaker.consecutive,
+            self.breaker.current_backoff,
+            extra={"error_class": error.error_class, "error": error.message},
+        )
+
     def _route_failure(self, message: Message, error: ProcessingError) -> Outgoing:
         return failure_record(
             message,
@@ -301,40 +455,78 @@ class SenderHandler:
             now=self.clock(),
         )
 
-    def _count_failure(self, error: ProcessingError, *, dead_lettered: bool) -> None:
-        ERRORS.labels(self.service, error.error_class).inc()
-        if not dead_lettered:
-            return
-        self.consecutive_failures += 1
-        if (
-            self.max_consecutive_failures
-            and self.consecutive_failures >= self.max_consecutive_failures
-            and not self.failure_limit_reached
-        ):
-            self.failure_limit_reached = True
-            log.error(
-                "%d records in a row went to the dead-letter topic; stopping",
-                self.consecutive_failures,
-                extra={"dlq_topic": self.routes.dlq_topic},
-            )
-            if self.on_failure_limit is not None:
-                self.on_failure_limit()
 
+class PostgresJournal:
+    """:class:`SendJournal` in PostgreSQL (``send_journal``), one autocommit statement per
+    claim or confirmation.
 
-def sent_lookup(engine: Engine) -> SentLookup:
-    """A :data:`SentLookup` reading ``notification_delivery`` (one query per call)."""
+    ``synchronous_commit`` is off for these statements: a sender killed at any point loses
+    nothing (the server has the row), and only a crash of PostgreSQL itself within its
+    ~0.6 s WAL-writer window could forget a claim. That trade keeps a send at two cheap round
+    trips instead of two disk flushes.
+    """
 
-    def already_sent(delivery_ids: Collection[str]) -> set[str]:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._connection: Connection | None = None
+
+    def _conn(self) -> Connection:
+        if self._connection is None or self._connection.closed:
+            connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            connection.execute(text("SET synchronous_commit TO off"))
+            self._connection = connection
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def states(self, delivery_ids: Collection[str]) -> dict[str, JournalEntry]:
         if not delivery_ids:
-            return set()
+            return {}
         ids = [uuid.UUID(delivery_id) for delivery_id in delivery_ids]
-        query = select(NotificationDelivery.id).where(
-            NotificationDelivery.id.in_(ids), NotificationDelivery.status.in_(DONE_STATUSES)
+        rows = self._conn().execute(
+            text(
+                "SELECT id::text, 'recorded', provider_message_id FROM notification_delivery"
+                " WHERE id = ANY(:ids) AND status = ANY(:done)"
+                " UNION ALL SELECT delivery_id::text, state, provider_message_id"
+                " FROM send_journal WHERE delivery_id = ANY(:ids)"
+            ),
+            {"ids": ids, "done": list(DONE_STATUSES)},
         )
-        with engine.connect() as connection:
-            return {str(row_id) for row_id in connection.scalars(query)}
+        found: dict[str, JournalEntry] = {}
+        for delivery_id, state, provider_id in rows:
+            if found.get(delivery_id, JournalEntry("")).state != "recorded":
+                found[delivery_id] = JournalEntry(state, provider_id)
+        return found
 
-    return already_sent
+    def claim(self, delivery_id: str, channel: str, attempt: int) -> None:
+        self._conn().execute(
+            text(
+                "INSERT INTO send_journal (delivery_id, channel, state, attempt)"
+                " VALUES (:id, :channel, 'sending', :attempt)"
+                " ON CONFLICT (delivery_id) DO UPDATE SET state = 'sending',"
+                " attempt = EXCLUDED.attempt, updated_at = now()"
+                " WHERE send_journal.state <> 'sent'"
+            ),
+            {"id": uuid.UUID(delivery_id), "channel": channel, "attempt": attempt},
+        )
+
+    def confirm(self, delivery_id: str, provider_message_id: str) -> None:
+        self._conn().execute(
+            text(
+                "UPDATE send_journal SET state = 'sent', provider_message_id = :provider,"
+                " updated_at = now() WHERE delivery_id = :id"
+            ),
+            {"id": uuid.UUID(delivery_id), "provider": provider_message_id},
+        )
+
+    def release(self, delivery_id: str) -> None:
+        self._conn().execute(
+            text("DELETE FROM send_journal WHERE delivery_id = :id AND state = 'sending'"),
+            {"id": uuid.UUID(delivery_id)},
+        )
 
 
 def run_sender(
@@ -344,33 +536,27 @@ def run_sender(
     send: SendFunction,
     catalogue: Catalogue,
     kafka: KafkaSettings,
-    already_sent: SentLookup,
+    journal: SendJournal,
     batch_size: int,
-    max_consecutive_failures: int = 0,
+    resend_uncertain: bool = False,
+    breaker: Breaker | None = None,
     batch_budget_seconds: float = 0,
     consumer_overrides: Mapping[str, Any] | None = None,
 ) -> int:
-    """Run a sender until SIGTERM/SIGINT (or the DLQ limit); return the exit status
-    (0 stopped, 1 dead-letter limit reached, 2 crashed).
+    """Run a sender until SIGTERM/SIGINT; return the exit status (0 stopped, 2 crashed).
 
     The consumer group is the service name under the topic prefix, so isolated deployments
     (and tests) never share a group. SIGTERM finishes the current batch, commits and exits.
     """
     routes = SenderRoutes.for_channel(catalogue, channel)
-    loop: BatchLoop | None = None
-
-    def stop() -> None:
-        if loop is not None:
-            loop.stop()
-
     handler = SenderHandler(
         service=service,
         routes=routes,
         catalogue=catalogue,
         send=send,
-        already_sent=already_sent,
-        max_consecutive_failures=max_consecutive_failures,
-        on_failure_limit=stop,
+        journal=journal,
+        resend_uncertain=resend_uncertain,
+        breaker=breaker,
         batch_budget_seconds=batch_budget_seconds,
     )
     loop = BatchLoop(
@@ -395,7 +581,7 @@ def run_sender(
         log.exception("%s crashed", service)
         return 2
     log.info("%s stopped", service)
-    return 1 if handler.failure_limit_reached else 0
+    return 0
 
 
 class SenderSettings(BaseSettings):
@@ -411,9 +597,21 @@ class SenderSettings(BaseSettings):
     #: Time one batch may take; records left when it is spent go to the next retry tier
     #: untried (keeps a batch well inside the consumer's 5-minute max.poll.interval.ms).
     batch_budget_seconds: float = Field(default=120.0, ge=0, le=240)
-    #: Stop after this many records in a row went to the dead-letter topic (0: never).
-    max_consecutive_failures: int = Field(default=1_000, ge=0)
+    #: Transient failures in a row after which the sender stops trying and backs off
+    #: (0: never; every record then walks the retry tiers to the DLQ at full speed).
+    breaker_failures: int = Field(default=20, ge=0)
+    #: First back-off once the breaker opens; doubled after each failed probe.
+    breaker_backoff_seconds: float = Field(default=5.0, gt=0, le=3600)
+    #: Longest back-off between two probes of a failing provider.
+    breaker_backoff_max_seconds: float = Field(default=300.0, gt=0, le=3600)
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+    def breaker(self) -> Breaker:
+        return Breaker(
+            failures=self.breaker_failures,
+            backoff=self.breaker_backoff_seconds,
+            backoff_max=self.breaker_backoff_max_seconds,
+        )
 
 
 def serve_channel(
@@ -424,10 +622,12 @@ def serve_channel(
     settings: Settings,
     send: SendFunction,
     close: Callable[[], None],
+    resend_uncertain: bool = False,
 ) -> int:
     """A channel sender's main loop: ``run_sender`` with the settings every sender shares,
     then ``close`` (the provider connection) and the database pool, however it ended."""
     engine = make_engine(settings.database, pool_size=1, max_overflow=1)
+    journal = PostgresJournal(engine)
     try:
         return run_sender(
             service=service,
@@ -435,11 +635,13 @@ def serve_channel(
             send=send,
             catalogue=CATALOGUE.with_prefix(settings.kafka.topic_prefix),
             kafka=settings.kafka,
-            already_sent=sent_lookup(engine),
+            journal=journal,
             batch_size=own.batch_size,
-            max_consecutive_failures=own.max_consecutive_failures,
+            resend_uncertain=resend_uncertain,
+            breaker=own.breaker(),
             batch_budget_seconds=own.batch_budget_seconds,
         )
     finally:
         close()
+        journal.close()
         engine.dispose()

@@ -129,7 +129,23 @@ def failure_record(
     return Outgoing(topic, message.key(), message.value(), [(k, v) for k, v in headers.items()])
 
 
-BatchHandler = Callable[[list[Message]], list[Outgoing]]
+@dataclass
+class Handled:
+    """What a handler did with a batch when it did not handle all of it.
+
+    ``held`` are records the handler did not touch (e.g. its provider is failing and it is
+    backing off): for each partition, the loop rewinds to the first held record and pauses
+    the partition until ``hold_until`` (epoch seconds), so they are consumed again then.
+    Within a partition the held records must come after every handled one.
+    """
+
+    outgoing: list[Outgoing]
+    held: list[Message] = field(default_factory=list)
+    hold_until: float = 0.0
+
+
+#: A batch handler returns the records to produce, or :class:`Handled` to hold some back.
+BatchHandler = Callable[[list[Message]], "list[Outgoing] | Handled"]
 #: When a record may be processed (epoch seconds), or None for "now".
 NotBefore = Callable[[Message], float | None]
 
@@ -178,6 +194,17 @@ def split_due(
         else:
             due.append(message)
     return due, list(deferred.values())
+
+
+def hold(messages: Sequence[Message], until: float) -> list[Deferral]:
+    """One deferral per partition, at its first (lowest-offset) record in ``messages``."""
+    first: dict[tuple[str, int], Deferral] = {}
+    for message in messages:
+        key = (message.topic() or "", message.partition() or 0)
+        offset = message.offset() or 0
+        if key not in first or offset < first[key].offset:
+            first[key] = Deferral(key[0], key[1], offset, until)
+    return list(first.values())
 
 
 def commit_offsets(
@@ -276,7 +303,17 @@ class BatchLoop:
         for message in records:
             RECORDS_IN.labels(self.service, message.topic()).inc()
         BATCH_SIZE.labels(self.service).observe(len(records))
-        outgoing = self.handler(records) if records else []
+        result = self.handler(records) if records else []
+        if isinstance(result, Handled):
+            outgoing = result.outgoing
+            if result.held:
+                held = {id(message) for message in result.held}
+                records = [message for message in records if id(message) not in held]
+                holds = hold(result.held, result.hold_until)
+                self._defer(holds)
+                deferrals.extend(holds)
+        else:
+            outgoing = result
         self.publish(outgoing)
         offsets = commit_offsets(records, deferrals)
         if offsets:

@@ -303,6 +303,28 @@ class DeliveryAttempt(Base):
     occurred_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
 
+class SendJournal(Base):
+    """What a sender began and finished sending (herald.sender.PostgresJournal).
+
+    A sender claims a delivery (``sending``) before it calls the provider and confirms it
+    (``sent``) as soon as the provider accepted; a claim left ``sending`` by a sender that
+    died in between marks a delivery whose outcome is unknown, so it is not sent blindly twice.
+    """
+
+    __tablename__ = "send_journal"
+    __table_args__ = (
+        CheckConstraint("state IN ('sending', 'sent')", name="state_known"),
+        CheckConstraint("attempt >= 1", name="attempt_positive"),
+    )
+
+    delivery_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    channel: Mapped[str]
+    state: Mapped[str]
+    attempt: Mapped[int] = mapped_column(Integer())
+    provider_message_id: Mapped[str | None]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
 class KnownDevice(Base):
     """A device a user has been seen on (new-device alerts)."""
 

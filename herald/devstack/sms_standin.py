@@ -6,8 +6,10 @@
   ``{"sid": "SM…", "status": "queued", "num_segments": …}``; 400 with a provider error code
   for an invalid ``To`` (code 21211, as the real one does).
 - ``GET /2010-04-01/Accounts/{sid}/Messages.json`` lists messages (``{"messages": [...]}``).
-- Test controls: ``POST /control/fail`` ``{"status": 503, "count": 3}`` (count null = until
-  cleared), ``DELETE /control/fail``, ``GET /control/log`` (every request with its answer),
+- Test controls: ``POST /control/fail`` ``{"status": 503, "count": 3, "to_prefix": "+4917"}``
+  (count null = until cleared; ``to_prefix`` limits the fault to numbers starting with it, so
+  tests sharing the stand-in do not disturb each other), ``DELETE /control/fail`` (all, or
+  ``?to_prefix=`` only that one), ``GET /control/log`` (every request with its answer),
   ``DELETE /control/messages``.
 
 Run: ``python -m herald.devstack.sms_standin --port 18025 --store FILE``.
@@ -43,20 +45,22 @@ class Provider:
         self.lock = threading.Lock()
         self.messages: list[dict[str, Any]] = []
         self.by_key: dict[str, dict[str, Any]] = {}
-        self.fault: dict[str, Any] | None = None
+        self.faults: list[dict[str, Any]] = []
         self.log: list[dict[str, Any]] = []
 
-    def take_fault(self) -> dict[str, Any] | None:
+    def take_fault(self, to: str) -> dict[str, Any] | None:
+        """The first fault that applies to ``to`` (used up by one when it has a count)."""
         with self.lock:
-            fault = self.fault
-            if fault is None:
-                return None
-            if fault.get("count") is not None:
-                if fault["count"] <= 0:
-                    self.fault = None
-                    return None
-                fault["count"] -= 1
-            return dict(fault)
+            for fault in list(self.faults):
+                if not to.startswith(fault.get("to_prefix") or ""):
+                    continue
+                if fault.get("count") is not None:
+                    if fault["count"] <= 0:
+                        self.faults.remove(fault)
+                        continue
+                    fault["count"] -= 1
+                return dict(fault)
+            return None
 
 
 def create_app(store: Path | None = None) -> FastAPI:
@@ -78,7 +82,7 @@ def create_app(store: Path | None = None) -> FastAPI:
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
     ) -> Any:
         key = idempotency_token or idempotency_key
-        fault = provider.take_fault()
+        fault = provider.take_fault(to)
         if fault is not None:
             note({"to": to, "key": key, "status": fault["status"]})
             headers = {"Retry-After": str(fault["retry_after"])} if fault.get("retry_after") else {}
@@ -130,13 +134,17 @@ def create_app(store: Path | None = None) -> FastAPI:
         if not isinstance(fault, dict) or not isinstance(fault.get("status"), int):
             raise HTTPException(400, "body must be JSON with an integer 'status'")
         with provider.lock:
-            provider.fault = fault
+            provider.faults.append(fault)
         return fault
 
     @app.delete("/control/fail")
-    def clear_fault() -> dict[str, str]:
+    def clear_fault(to_prefix: str | None = None) -> dict[str, str]:
         with provider.lock:
-            provider.fault = None
+            provider.faults = [
+                fault
+                for fault in provider.faults
+                if to_prefix is not None and fault.get("to_prefix") != to_prefix
+            ]
         return {"status": "cleared"}
 
     @app.get("/control/log")

@@ -63,4 +63,7 @@ def main() -> int:
         settings=settings,
         send=SmsSender(api, own.max_segments),
         close=api.close,
+        # The provider de-duplicates on the idempotency key (the delivery id), so a send a
+        # dead sender left unconfirmed is safely sent again.
+        resend_uncertain=True,
     )

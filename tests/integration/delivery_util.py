@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -128,3 +131,20 @@ def dead_letters(kafka: KafkaSettings, topic: str) -> list[tuple[dict[str, Any],
 
 def _request_of(message: Message) -> dict[str, Any]:
     return decode(message.value() or b"", "herald.DeliveryRequest")
+
+
+def herald_dlq(kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``herald dlq <args>`` as an operator runs it, bound to this test's topics."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "herald.cli.main", "dlq", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from confluent_kafka import Producer
@@ -22,26 +19,11 @@ from herald.streaming import (
     producer_config,
 )
 from schemas import Catalogue
+from tests.integration.delivery_util import herald_dlq
 from tests.integration.kafka_util import read_all
 from tests.samples import SAMPLES
 
 pytestmark = pytest.mark.integration
-
-
-def herald(kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-        "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "herald.cli.main", "dlq", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
 
 
 @pytest.fixture
@@ -70,14 +52,14 @@ def dead_sms(kafka_settings: KafkaSettings, topics: Catalogue) -> list[str]:
 
 
 def test_list_counts_by_error_class(kafka_settings: KafkaSettings, dead_sms: list[str]) -> None:
-    result = herald(kafka_settings, "list", "--json")
+    result = herald_dlq(kafka_settings, "list", "--json")
     assert result.returncode == 0, result.stderr
     rows = {row["error_class"]: row["count"] for row in json.loads(result.stdout)}
     assert rows == {"sms.5xx": 3, "sms.invalid_number": 2}
 
 
 def test_show_prints_headers_and_record(kafka_settings: KafkaSettings, dead_sms: list[str]) -> None:
-    result = herald(kafka_settings, "show", "--delivery-id", "d-4")
+    result = herald_dlq(kafka_settings, "show", "--delivery-id", "d-4")
     assert result.returncode == 0, result.stderr
     assert "x-error-class: sms.invalid_number" in result.stdout
     assert '"delivery_id": "d-4"' in result.stdout
@@ -88,12 +70,12 @@ def test_replay_dry_run_then_replay_to_the_first_tier(
     kafka_settings: KafkaSettings, topics: Catalogue, dead_sms: list[str]
 ) -> None:
     tier = topics.deliveries_sms.retry_topic_names[0]
-    dry = herald(kafka_settings, "replay", "--error-class", "sms.5xx", "--dry-run")
+    dry = herald_dlq(kafka_settings, "replay", "--error-class", "sms.5xx", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "3 matched, would replay 3" in dry.stdout
     assert read_all(kafka_settings, tier) == []
 
-    done = herald(kafka_settings, "replay", "--error-class", "sms.5xx")
+    done = herald_dlq(kafka_settings, "replay", "--error-class", "sms.5xx")
     assert done.returncode == 0, done.stderr
     assert "3 matched, replayed 3" in done.stdout
     replayed = read_all(kafka_settings, tier)
@@ -115,7 +97,7 @@ def test_replay_refuses_past_the_limit(kafka_settings: KafkaSettings, topics: Ca
         headers=[(H_ORIGINAL_TOPIC, spec.name), (H_REPLAY_COUNT, "3")],
     )
     producer.flush(10)
-    result = herald(kafka_settings, "replay", "--max-replays", "3")
+    result = herald_dlq(kafka_settings, "replay", "--max-replays", "3")
     assert result.returncode == 0, result.stderr
     assert "replayed 0, refused 1" in result.stdout
     assert read_all(kafka_settings, spec.retry_topic_names[0]) == []
@@ -124,7 +106,7 @@ def test_replay_refuses_past_the_limit(kafka_settings: KafkaSettings, topics: Ca
 def test_purge_deletes_only_what_matches(
     kafka_settings: KafkaSettings, topics: Catalogue, dead_sms: list[str]
 ) -> None:
-    result = herald(kafka_settings, "purge", "--error-class", "sms.5xx", "--yes")
+    result = herald_dlq(kafka_settings, "purge", "--error-class", "sms.5xx", "--yes")
     assert result.returncode == 0, result.stderr
     remaining = read_all(kafka_settings, topics.deliveries_sms.dlq_name)
     classes = sorted(headers_dict(m)[H_ERROR_CLASS] for m in remaining)
@@ -133,9 +115,9 @@ def test_purge_deletes_only_what_matches(
 
 
 def test_wrong_topic_and_filter_are_clear_errors(kafka_settings: KafkaSettings) -> None:
-    wrong = herald(kafka_settings, "list", "--topic", "herald.nope.v1")
+    wrong = herald_dlq(kafka_settings, "list", "--topic", "herald.nope.v1")
     assert wrong.returncode == 2
     assert "not a dead-letter topic" in wrong.stderr
-    bad_time = herald(kafka_settings, "replay", "--since", "last tuesday", "--dry-run")
+    bad_time = herald_dlq(kafka_settings, "replay", "--since", "last tuesday", "--dry-run")
     assert bad_time.returncode == 2
     assert "ISO-8601" in bad_time.stderr

@@ -34,6 +34,7 @@ TABLES = {
     "delivery_attempt",
     "known_device",
     "held_delivery",
+    "send_journal",
 }
 
 

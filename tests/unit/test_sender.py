@@ -12,6 +12,9 @@ from confluent_kafka import Message
 
 from herald.errors import PermanentError, RetryableError
 from herald.sender import (
+    OUTCOME_UNKNOWN,
+    Breaker,
+    JournalEntry,
     RecentlySent,
     SenderHandler,
     SenderRoutes,
@@ -27,8 +30,11 @@ from herald.streaming import (
     H_NOT_BEFORE,
     H_ORIGINAL_OFFSET,
     H_ORIGINAL_TOPIC,
+    H_REPLAY_COUNT,
     BatchLoop,
     Deferral,
+    Handled,
+    Outgoing,
     commit_offsets,
     header_not_before,
     headers_dict,
@@ -104,25 +110,60 @@ class FakeChannel:
         return f"provider-{request['delivery_id']}"
 
 
-class Lookup:
-    def __init__(self, done: Collection[str] = ()) -> None:
-        self.done = set(done)
-        self.calls: list[set[str]] = []
+class Journal:
+    """An in-memory SendJournal that records every call."""
 
-    def __call__(self, ids: Collection[str]) -> set[str]:
-        self.calls.append(set(ids))
-        return self.done & set(ids)
+    def __init__(self, entries: dict[str, JournalEntry] | None = None) -> None:
+        self.entries = dict(entries or {})
+        self.calls: list[tuple[str, Any]] = []
+
+    def states(self, delivery_ids: Collection[str]) -> dict[str, JournalEntry]:
+        self.calls.append(("states", set(delivery_ids)))
+        return {i: e for i, e in self.entries.items() if i in delivery_ids}
+
+    def claim(self, delivery_id: str, channel: str, attempt: int) -> None:
+        self.calls.append(("claim", delivery_id))
+        self.entries[delivery_id] = JournalEntry("sending")
+
+    def confirm(self, delivery_id: str, provider_message_id: str) -> None:
+        self.calls.append(("confirm", delivery_id))
+        self.entries[delivery_id] = JournalEntry("sent", provider_message_id)
+
+    def release(self, delivery_id: str) -> None:
+        self.calls.append(("release", delivery_id))
+        if self.entries.get(delivery_id) == JournalEntry("sending"):
+            del self.entries[delivery_id]
 
 
-def handler(send: FakeChannel, lookup: Lookup | None = None, **kwargs: Any) -> SenderHandler:
-    return SenderHandler(
-        service="test_sender",
-        routes=ROUTES,
-        catalogue=CATALOGUE_T,
-        send=send,
-        already_sent=lookup or Lookup(),
-        clock=lambda: NOW,
-        **kwargs,
+class Sender:
+    """A SenderHandler whose call asserts that it held nothing back (``handle`` does not)."""
+
+    def __init__(self, handler: SenderHandler) -> None:
+        self.handle = handler
+
+    def __call__(self, messages: list[Message]) -> list[Outgoing]:
+        result = self.handle(messages)
+        assert isinstance(result, list), f"the handler held records back: {result}"
+        return result
+
+
+def handler(
+    send: FakeChannel,
+    journal: Journal | None = None,
+    clock: list[float] | None = None,
+    **kwargs: Any,
+) -> Sender:
+    now = clock if clock is not None else [NOW]
+    return Sender(
+        SenderHandler(
+            service="test_sender",
+            routes=ROUTES,
+            catalogue=CATALOGUE_T,
+            send=send,
+            journal=journal if journal is not None else Journal(),
+            clock=lambda: now[0],
+            **kwargs,
+        )
     )
 
 
@@ -237,10 +278,12 @@ def test_undecodable_record_goes_to_the_dlq_without_stopping() -> None:
 
 def test_one_lookup_per_batch_and_already_sent_deliveries_are_skipped() -> None:
     done, fresh = request(), request()
-    lookup = Lookup({done["delivery_id"]})
+    journal = Journal({done["delivery_id"]: JournalEntry("recorded")})
     send = FakeChannel()
-    out = handler(send, lookup)([message(done), message(fresh, offset=1)])
-    assert lookup.calls == [{done["delivery_id"], fresh["delivery_id"]}]
+    out = handler(send, journal)([message(done), message(fresh, offset=1)])
+    assert [call for call in journal.calls if call[0] == "states"] == [
+        ("states", {done["delivery_id"], fresh["delivery_id"]})
+    ]
     assert send.sent == [fresh["delivery_id"]]
     assert [e["delivery_id"] for e in statuses(out)] == [fresh["delivery_id"]]
 
@@ -265,17 +308,125 @@ def test_unexpected_exceptions_are_retried_not_fatal() -> None:
     assert statuses([status])[0]["error_class"] == "unexpected"
 
 
-def test_dead_letter_limit_stops_the_sender() -> None:
-    stops: list[bool] = []
+def down(count: int) -> tuple[FakeChannel, list[dict[str, Any]]]:
+    """A provider refusing every request, and ``count`` requests for it."""
+    refused = RetryableError("connection refused", error_class="sms.connection")
+    return FakeChannel({"down": refused}), [request(destination="down") for _ in range(count)]
+
+
+def test_the_breaker_holds_the_rest_of_the_batch_after_consecutive_failures() -> None:
+    send, requests = down(10)
+    sender = handler(send, breaker=Breaker(failures=3, backoff=5, backoff_max=60))
+    batch = [message(r, offset=i) for i, r in enumerate(requests)]
+    result = sender.handle(batch)
+    assert isinstance(result, Handled)
+    assert result.held == batch[3:]  # three tried, seven never tried
+    assert result.hold_until == NOW + 5
+    assert [r.topic for r in result.outgoing].count(ROUTES.retry_topics[0]) == 3
+    assert [e["status"] for e in statuses(result.outgoing)] == ["retrying"] * 3
+
+
+def test_the_breaker_backs_off_doubling_then_closes_on_a_success() -> None:
+    clock = [NOW]
+    send, requests = down(4)
+    breaker = Breaker(failures=2, backoff=5, backoff_max=12)
+    sender = handler(send, clock=clock, breaker=breaker)
+    first = sender.handle([message(r, offset=i) for i, r in enumerate(requests)])
+    assert isinstance(first, Handled) and first.hold_until == NOW + 5
+    clock[0] = NOW + 1  # still open: nothing is tried
+    still = sender.handle([message(request(destination="down"))])
+    assert isinstance(still, Handled) and still.outgoing == [] and len(still.held) == 1
+    clock[0] = NOW + 5  # the probe fails: open again for twice as long
+    probe = sender.handle([message(request(destination="down")), message(request(), offset=1)])
+    assert isinstance(probe, Handled) and probe.hold_until == NOW + 5 + 10
+    clock[0] = NOW + 15  # fails again: the back-off stops at its ceiling
+    probe = sender.handle([message(request(destination="down")), message(request(), offset=1)])
+    assert isinstance(probe, Handled) and probe.hold_until == NOW + 15 + 12
+    clock[0] = NOW + 27  # the provider is back: closed, everything flows
+    ok = [request(), request()]
+    sender([message(r, offset=i) for i, r in enumerate(ok)])
+    assert send.sent == [r["delivery_id"] for r in ok]
+    assert breaker.consecutive == 0 and not breaker.is_open(clock[0])
+
+
+def test_permanent_failures_do_not_open_the_breaker() -> None:
     bad = PermanentError("nope", error_class="email.invalid_address")
-    send = FakeChannel({"bad": bad})
-    sender = handler(send, max_consecutive_failures=3, on_failure_limit=lambda: stops.append(True))
-    sender([message(request(destination="bad")), message(request(destination="bad"))])
-    sender([message(request())])  # a success resets the count
-    sender([message(request(destination="bad")) for _ in range(2)])
-    assert stops == [] and not sender.failure_limit_reached
-    sender([message(request(destination="bad")) for _ in range(3)])
-    assert stops == [True] and sender.failure_limit_reached
+    sender = handler(FakeChannel({"bad": bad}), breaker=Breaker(failures=2))
+    out = sender([message(request(destination="bad"), offset=i) for i in range(5)])
+    assert len(statuses(out)) == 5
+
+
+def test_a_disabled_breaker_never_holds() -> None:
+    send, requests = down(50)
+    out = handler(send, breaker=Breaker(failures=0))([message(r) for r in requests])
+    assert len(statuses(out)) == 50
+
+
+def test_a_delivery_is_claimed_before_sending_and_confirmed_after() -> None:
+    journal = Journal()
+    one = request()
+    handler(FakeChannel(), journal)([message(one)])
+    assert journal.calls == [
+        ("states", {one["delivery_id"]}),
+        ("claim", one["delivery_id"]),
+        ("confirm", one["delivery_id"]),
+    ]
+
+
+def test_a_send_that_failed_with_a_known_outcome_releases_its_claim() -> None:
+    journal = Journal()
+    failing = request(destination="flaky")
+    handler(FakeChannel({"flaky": RetryableError("later")}), journal)([message(failing)])
+    assert [call[0] for call in journal.calls] == ["states", "claim", "release"]
+    assert failing["delivery_id"] not in journal.entries
+
+
+def test_a_send_that_failed_unexpectedly_stays_claimed() -> None:
+    class Broken(FakeChannel):
+        def __call__(self, request: Mapping[str, Any]) -> str:
+            raise KeyError("bug after the provider may have accepted it")
+
+    journal = Journal()
+    failing = request()
+    handler(Broken(), journal)([message(failing)])
+    assert journal.entries[failing["delivery_id"]].state == "sending"
+
+
+def test_a_send_confirmed_but_never_reported_is_reported_not_resent() -> None:
+    done = request()
+    journal = Journal({done["delivery_id"]: JournalEntry("sent", "<earlier@herald>")})
+    send = FakeChannel()
+    out = handler(send, journal)([message(done)])
+    assert send.sent == []
+    (event,) = statuses(out)
+    assert (event["status"], event["provider_message_id"]) == ("sent", "<earlier@herald>")
+
+
+def test_an_uncertain_send_is_parked_when_the_provider_cannot_deduplicate() -> None:
+    uncertain, fresh = request(), request()
+    journal = Journal({uncertain["delivery_id"]: JournalEntry("sending")})
+    send = FakeChannel()
+    out = handler(send, journal)([message(uncertain), message(fresh, offset=1)])
+    assert send.sent == [fresh["delivery_id"]]
+    (dlq,) = [record for record in out if record.topic == ROUTES.dlq_topic]
+    assert dict(dlq.headers)[H_ERROR_CLASS] == OUTCOME_UNKNOWN
+    events = {e["delivery_id"]: e for e in statuses(out)}
+    assert events[uncertain["delivery_id"]]["status"] == "dead"
+    assert "may have arrived" in events[uncertain["delivery_id"]]["error_message"]
+
+
+def test_an_uncertain_send_is_sent_again_when_replayed_or_deduplicated() -> None:
+    uncertain = request()
+    for resend, headers in (
+        (False, [(H_REPLAY_COUNT, b"1")]),  # an operator replayed it: their call
+        (True, None),  # the provider drops a second copy
+    ):
+        journal = Journal({uncertain["delivery_id"]: JournalEntry("sending")})
+        send = FakeChannel()
+        sender = handler(send, journal, resend_uncertain=resend)
+        out = sender([message(uncertain, headers=headers)])
+        assert send.sent == [uncertain["delivery_id"]]
+        assert [e["status"] for e in statuses(out)] == ["sent"]
 
 
 @pytest.mark.parametrize(
@@ -441,3 +592,32 @@ def test_records_left_when_the_batch_budget_is_spent_are_retried_untried() -> No
     events = {e["delivery_id"]: e for e in statuses(out)}
     assert events[third["delivery_id"]]["status"] == "retrying"
     assert events[third["delivery_id"]]["error_class"] == "sender.batch_budget"
+
+
+def test_batch_loop_rewinds_and_pauses_what_the_handler_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("herald.streaming.time.time", lambda: NOW)
+    batch = [fake("main", 0, 5), fake("main", 1, 7), fake("main", 0, 6), fake("main", 1, 8)]
+
+    def handle(messages: list[Message]) -> Handled:
+        return Handled([], held=messages[1:], hold_until=NOW + 30)  # tried only the first
+
+    loop = BatchLoop(
+        service="test",
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),  # never contacted
+        topics=["main"],
+        handler=handle,
+    )
+    consumer = FakeConsumer([batch])
+    loop.consumer = cast(Any, consumer)
+    loop.run_once()
+    assert consumer.calls == [
+        ("pause", [("main", 1, 7)]),
+        ("seek", [("main", 1, 7)]),
+        ("pause", [("main", 0, 6)]),
+        ("seek", [("main", 0, 6)]),
+        # Partition 0 past the handled record only; partition 1 at its first held one.
+        ("commit", [("main", 0, 6), ("main", 1, 7)]),
+    ]
+    assert loop.paused == {("main", 0): NOW + 30, ("main", 1): NOW + 30}
