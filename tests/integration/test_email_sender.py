@@ -237,3 +237,39 @@ def test_temporary_smtp_refusals_are_retried_through_the_tiers(
     log = httpx.get(f"{sink_api}/log", timeout=10).raise_for_status().json()
     replies = [entry["reply"][:3] for entry in log if entry["rcpt"] == flaky]
     assert replies == ["451", "451", "250"]
+
+
+def test_a_recipient_refused_permanently_goes_straight_to_the_dlq(
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+    run_service: Callable[..., ServiceProcess],
+    sink_api: str,
+) -> None:
+    refused = address()
+    fault = {"code": 550, "message": "5.1.1 mailbox unavailable", "rcpt": refused}
+    httpx.post(f"{sink_api}/faults", json=fault, timeout=10).raise_for_status()
+    user = f"u-{uuid.uuid4().hex[:8]}"  # one partition: the neighbour comes after it
+    request, neighbour = (
+        email_request(refused, user_id=user),
+        email_request(address(), user_id=user),
+    )
+    publish(kafka_settings, topics.deliveries_email.name, [request, neighbour])
+    start(run_service, kafka_settings, db_settings)
+
+    grouped = wait_for_statuses(
+        kafka_settings,
+        topics,
+        {request["delivery_id"]: "failed", neighbour["delivery_id"]: "sent"},
+    )
+    (failed,) = grouped[request["delivery_id"]]  # one attempt, no retries
+    assert (failed["status"], failed["attempt"], failed["error_class"]) == ("failed", 1, "smtp.5xx")
+    assert "550" in failed["error_message"] and "mailbox unavailable" in failed["error_message"]
+    ((parked, headers),) = dead_letters(kafka_settings, topics.deliveries_email.dlq_name)
+    assert parked == request
+    assert headers[H_ERROR_CLASS] == "smtp.5xx" and headers[H_ATTEMPT] == "1"
+    for tier in topics.deliveries_email.retry_topic_names:
+        assert dead_letters(kafka_settings, tier) == []
+    log = httpx.get(f"{sink_api}/log", timeout=10).raise_for_status().json()
+    assert [entry["reply"][:3] for entry in log if entry["rcpt"] == refused] == ["550"]
+    assert mailbox(sink_api, {refused}) == {}
