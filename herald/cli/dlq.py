@@ -129,8 +129,13 @@ def replay(
 ) -> None:
     """Re-publish matching dead letters to the first retry tier of their source topic.
 
-    Headers are kept; x-replay-count goes up by one and x-attempt starts again at 1. A
-    delivery that was meanwhile sent is not sent again (senders check before sending).
+    Headers are kept; x-replay-count goes up by one and x-attempt starts again at 1.
+    A delivery that was meanwhile sent is not sent again (senders check their journal).
+
+    Error class sender.outcome_unknown: a sender died while sending that email, so it may
+    have arrived; a replay sends it again. Check with the recipient first.
+
+    Example: herald dlq replay --error-class sms.5xx --since 2h --dry-run
     """
     criteria = _filter(since, until, error_class, event_type, delivery_id, limit)
     chosen = dlq.select(_letters(topic), criteria)
