@@ -121,6 +121,22 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def iso_8601_only(value: Any) -> Any:
+    """A ``BeforeValidator`` for ``datetime`` fields: refuse the Unix timestamps pydantic
+    would otherwise accept (``0.5``, ``1714563600``), since the APIs document ISO 8601 and a
+    number there is more likely a mistake than a moment in 1970."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            "must be an ISO 8601 date and time (e.g. 2024-05-01T12:00:00Z), not a number"
+        )
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} is not an ISO 8601 date and time (e.g. 2024-05-01T12:00:00Z)")
+    return value
+
+
 def field_path(loc: Sequence[int | str]) -> str:
     """An error location as a path a client recognises: ``events[2].recipients``."""
     parts = list(loc)
@@ -187,6 +203,9 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else title
     if exc.status_code == 404 and detail == title:
         detail = f"no route {request.method} {request.url.path}; see /docs"
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeError):
+        # FastAPI's "There was an error parsing the body": say what was wrong with it.
+        detail = f"the request body is not JSON text in UTF-8 ({exc.__cause__})"
     return problem_response(request, exc.status_code, title, detail, headers=exc.headers)
 
 

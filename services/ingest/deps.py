@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from herald.auth import Principal, require_admin
+from herald.webapi import problem_responses
 from schemas import Catalogue
 from services.ingest.publisher import Publisher
 from services.ingest.settings import IngestSettings
@@ -34,6 +35,11 @@ async def authorize(principal: Annotated[Principal, Depends(require_admin)]) -> 
     """Every ingest/admin route needs an admin API key (``X-API-Key`` or a Bearer token);
     the key's rate-limit bucket is charged (429 with Retry-After past it)."""
     return Caller(name=f"http-ingest:{principal.subject}")
+
+
+#: What every admin route may answer before its handler runs: a missing or unknown API key
+#: (401), a body over the size limit (413, any method), the key's rate limit (429).
+ADMIN_RESPONSES = problem_responses(401, 413, 429)
 
 
 def _engine(request: Request) -> Engine:

@@ -25,11 +25,13 @@ from herald.templates import generate_templates
 from herald.webapi import Problem, problem_responses
 from schemas import Catalogue
 from services.ingest.admin import publish_or_503, record_lock
-from services.ingest.deps import DbSession, Publish, Topics, authorize
+from services.ingest.deps import ADMIN_RESPONSES, DbSession, Publish, Topics, authorize
 from services.ingest.validation import (
+    EVENT_TYPE_CODE,
     Channel,
     EventTypeCode,
     TemplateSource,
+    Text,
     check_event_type_code,
     unique_channels,
 )
@@ -41,7 +43,7 @@ router = APIRouter(
     prefix="/v1/event-types",
     tags=["event types"],
     dependencies=[Depends(authorize)],
-    responses=problem_responses(422, 503),
+    responses={**ADMIN_RESPONSES, **problem_responses(422, 503)},
 )
 
 CodePath = Annotated[str, Path(description="The event type's code.", examples=["comment.created"])]
@@ -64,8 +66,8 @@ class EventTypeFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, examples=["New comment"])
-    description: str = Field("", max_length=2000, examples=["Someone commented on your post."])
+    name: Text = Field(min_length=1, max_length=200, examples=["New comment"])
+    description: Text = Field("", max_length=2000, examples=["Someone commented on your post."])
     default_enabled: bool = Field(True, description="Whether users who never chose get it.")
     is_active: bool = Field(True, description="Inactive types are refused at ingest.")
     mandatory: bool = Field(False, description="Ignores user opt-outs (security alerts).")
@@ -248,7 +250,15 @@ def _outgoing(topics: Catalogue, row: Mapping[Any, Any]) -> Outgoing:
     return Outgoing(topics.event_types.name, row["code"], encode(SCHEMA, event_type_record(row)))
 
 
+def _is_code(code: str) -> bool:
+    # Every stored code was checked on creation: a malformed one (say with a NUL character,
+    # which PostgreSQL text cannot even hold) names no event type, so no query is needed.
+    return EVENT_TYPE_CODE.fullmatch(code) is not None
+
+
 def _stored(session: Session, code: str) -> RowMapping | None:
+    if not _is_code(code):
+        return None
     return session.execute(select(EVENT_TYPE).where(EVENT_TYPE.c.code == code)).mappings().first()
 
 
@@ -265,7 +275,7 @@ def _not_found(code: str) -> Problem:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=EventTypeOut,
-    responses=problem_responses(409),
+    responses=problem_responses(400, 409),
     summary="Create an event type",
 )
 def create_event_type(
@@ -308,7 +318,10 @@ def create_event_type(
 @router.put(
     "/{code}",
     response_model=EventTypeOut,
-    responses={201: {"model": EventTypeOut, "description": "Created"}},
+    responses={
+        201: {"model": EventTypeOut, "description": "Created"},
+        **problem_responses(400),
+    },
     summary="Create or replace an event type",
 )
 def put_event_type(
@@ -397,6 +410,8 @@ def deactivate_event_type(
 ) -> EventTypeOut:
     """Deactivate (``is_active`` false): new events of this type are refused; history and
     user preferences stay. PUT with ``is_active: true`` brings it back."""
+    if not _is_code(code):
+        raise _not_found(code)
     with record_lock(session, "event-type", code):
         with session.begin():
             row = (

@@ -13,14 +13,30 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Header, status
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+)
 from sqlalchemy import Engine, Table, select
 
 from herald.db.models import EventType
 from herald.serde import encode
 from herald.streaming import Outgoing
-from herald.webapi import Problem, problem_responses
-from services.ingest.deps import CallerDep, DbEngine, Limits, Publish, Topics, authorize
+from herald.webapi import Problem, iso_8601_only, problem_responses
+from services.ingest.deps import (
+    ADMIN_RESPONSES,
+    CallerDep,
+    DbEngine,
+    Limits,
+    Publish,
+    Topics,
+    authorize,
+)
 from services.ingest.publisher import PublishError
 from services.ingest.validation import (
     Context,
@@ -34,7 +50,12 @@ from services.ingest.validation import (
 SCHEMA = "herald.Event"
 EVENT_TYPE = cast(Table, EventType.__table__)
 
-router = APIRouter(prefix="/v1/events", tags=["events"], dependencies=[Depends(authorize)])
+router = APIRouter(
+    prefix="/v1/events",
+    tags=["events"],
+    dependencies=[Depends(authorize)],
+    responses=ADMIN_RESPONSES,
+)
 
 
 class EventIn(BaseModel):
@@ -70,9 +91,9 @@ class EventIn(BaseModel):
     event_id: EventId | None = Field(
         None, description="A UUID; generated if absent. Re-sending an id never notifies twice."
     )
-    occurred_at: Annotated[datetime, AfterValidator(as_utc)] | None = Field(
-        None, description="When it happened (ISO 8601; UTC if no offset); default: now."
-    )
+    occurred_at: (
+        Annotated[datetime, BeforeValidator(iso_8601_only), AfterValidator(as_utc)] | None
+    ) = Field(None, description="When it happened (ISO 8601; UTC if no offset); default: now.")
     producer: str | None = Field(
         None, max_length=200, description="Name of the sending application, for tracing."
     )
@@ -191,7 +212,7 @@ def lookup_event_types(engine: Engine, codes: Iterable[str]) -> dict[str, bool]:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=EventsAccepted,
-    responses=problem_responses(413, 422, 503),
+    responses=problem_responses(400, 413, 422, 503),
     summary="Publish one event or a batch",
 )
 def post_events(

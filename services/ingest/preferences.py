@@ -24,9 +24,10 @@ from herald.streaming import Outgoing
 from herald.webapi import Problem, problem_responses
 from schemas import Catalogue
 from services.ingest.admin import publish_or_503, record_lock
-from services.ingest.deps import DbSession, Publish, Topics, UserPath, authorize
+from services.ingest.deps import ADMIN_RESPONSES, DbSession, Publish, Topics, UserPath, authorize
 from services.ingest.validation import (
     Channel,
+    EventTypeCode,
     HourMinute,
     UserId,
     format_hour_minute,
@@ -44,7 +45,7 @@ router = APIRouter(
     prefix="/v1/users/{user_id}/preferences",
     tags=["preferences"],
     dependencies=[Depends(authorize)],
-    responses=problem_responses(404, 422, 503),
+    responses={**ADMIN_RESPONSES, **problem_responses(404, 422, 503)},
 )
 
 
@@ -97,7 +98,7 @@ class PreferencesIn(BaseModel):
     quiet_hours_end: HourMinute | None = Field(
         None, description="End of quiet hours, HH:MM (before the start: overnight)."
     )
-    event_overrides: dict[str, EventOverride] = Field(
+    event_overrides: dict[EventTypeCode, EventOverride] = Field(
         default_factory=dict, description="Choices per event type code."
     )
 
@@ -206,7 +207,12 @@ def _check_codes(session: Session, codes: list[str]) -> None:
         )
 
 
-@router.put("", response_model=PreferencesOut, summary="Set a user's preferences")
+@router.put(
+    "",
+    response_model=PreferencesOut,
+    responses=problem_responses(400),
+    summary="Set a user's preferences",
+)
 def put_preferences(
     user_id: UserPath,
     body: Annotated[PreferencesIn, Body()],

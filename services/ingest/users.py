@@ -24,7 +24,7 @@ from herald.streaming import Outgoing
 from herald.webapi import Problem, problem_responses
 from schemas import Catalogue
 from services.ingest.admin import publish_or_503, record_lock
-from services.ingest.deps import DbSession, Publish, Topics, UserPath, authorize
+from services.ingest.deps import ADMIN_RESPONSES, DbSession, Publish, Topics, UserPath, authorize
 from services.ingest.preferences import (
     preferences_outgoing,
     preferences_record,
@@ -34,6 +34,7 @@ from services.ingest.validation import (
     Email,
     Locale,
     Phone,
+    Text,
     TimeZoneName,
     UserId,
 )
@@ -46,7 +47,7 @@ router = APIRouter(
     prefix="/v1/users",
     tags=["users"],
     dependencies=[Depends(authorize)],
-    responses=problem_responses(422, 503),
+    responses={**ADMIN_RESPONSES, **problem_responses(422, 503)},
 )
 
 
@@ -73,7 +74,7 @@ class UserIn(BaseModel):
     phone: Phone | None = Field(None, description="E.164; spaces and dashes are dropped.")
     locale: Locale = "en"
     timezone: TimeZoneName = Field("UTC", description="IANA name, used for quiet hours.")
-    display_name: str | None = Field(None, max_length=200)
+    display_name: Text | None = Field(None, max_length=200)
 
 
 class UserOut(BaseModel):
@@ -122,7 +123,7 @@ def _stored(session: Session, user_id: str) -> Any:
 @router.put(
     "/{user_id}",
     response_model=UserOut,
-    responses={201: {"model": UserOut, "description": "Created"}},
+    responses={201: {"model": UserOut, "description": "Created"}, **problem_responses(400)},
     summary="Create or replace a user",
 )
 def put_user(

@@ -183,9 +183,18 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def check_storable_text(text: str) -> str:
+    """Text PostgreSQL can store: without NUL characters (``\\u0000``), which neither its
+    ``text`` nor its ``jsonb`` can hold."""
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    return text
+
+
 def check_template_source(source: str) -> str:
-    """A Jinja2 template that parses (variables are only checked when rendering)."""
-    templates.validate(source)
+    """A Jinja2 template that parses (variables are only checked when rendering) and can be
+    stored."""
+    templates.validate(check_storable_text(source))
     return source
 
 
@@ -216,6 +225,8 @@ EventId = Annotated[
     AfterValidator(normalize_event_id),
 ]
 TemplateSource = Annotated[str, AfterValidator(check_template_source)]
+#: Free text stored in PostgreSQL (names, descriptions).
+Text = Annotated[str, AfterValidator(check_storable_text)]
 #: Template variables: string keys, scalar values turned into strings.
 Context = Annotated[
     dict[str, Any], AfterValidator(coerce_context), WithJsonSchema(_STRING_MAP_SCHEMA)

@@ -429,6 +429,37 @@ def test_preferences_need_both_ends_of_quiet_hours() -> None:
     assert prefs.event_overrides["a.b"].channels == ["sms"]
 
 
+def test_text_postgresql_cannot_store_is_refused() -> None:
+    # NUL characters: PostgreSQL's text and jsonb cannot hold them (found by the API fuzz run).
+    with pytest.raises(ValidationError) as caught:
+        UserIn.model_validate({"display_name": "Ada\x00"})
+    assert describe_validation_errors(caught.value.errors()) == [
+        {"field": "display_name", "message": "must not contain NUL characters (\\u0000)"}
+    ]
+    for fields in (
+        {"name": "New\x00comment"},
+        {"name": "x", "description": "\x00"},
+        {"name": "x", "channels": ["sms"], "templates": {"sms": {"body": "hi \x00"}}},
+    ):
+        with pytest.raises(ValidationError, match="NUL"):
+            EventTypeUpdate.model_validate(fields)
+    assert UserIn.model_validate({"display_name": "Ada \u00e9"}).display_name == "Ada \u00e9"
+
+
+@pytest.mark.parametrize("when", [0.5, 1714563600, "1714563600", "-1.5e3", " 7 "])
+def test_occurred_at_is_iso_8601_never_a_unix_timestamp(when: object) -> None:
+    event = {"event_type": "a.b", "recipients": ["u"], "occurred_at": when}
+    with pytest.raises(ValidationError, match="ISO 8601"):
+        EventIn.model_validate(event)
+    event["occurred_at"] = "2024-05-01T14:00:00+02:00"
+    assert EventIn.model_validate(event).occurred_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
+
+
+def test_preference_overrides_name_well_formed_event_types() -> None:
+    with pytest.raises(ValidationError, match="not a valid event type code"):
+        PreferencesIn.model_validate({"event_overrides": {"Bad Code\x00": {"enabled": False}}})
+
+
 def test_preferences_record_defaults_and_encodes() -> None:
     defaults = preferences_record("u1", None, [], now=NOW)
     assert defaults["inapp_enabled"] and defaults["email_enabled"] and defaults["sms_enabled"]

@@ -11,14 +11,15 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from herald.auth import require_user
-from herald.webapi import Problem, problem_responses
+from herald.webapi import Problem, iso_8601_only, problem_responses
 from services.inapp_store.api import queries
 from services.inapp_store.api.deps import Db, Schema, UserPath, as_utc
 from services.inapp_store.api.models import InboxPage, NotificationOut, ReadAllResult, UnreadCount
 from services.inapp_store.api.pagination import MAX_CURSOR_LENGTH, Cursor, InvalidCursorError
+from services.ingest.validation import EVENT_TYPE_CODE
 
 #: Page size when ``limit`` is not given, and the largest allowed.
 DEFAULT_LIMIT = 20
@@ -31,7 +32,12 @@ router = APIRouter(
     responses=problem_responses(401, 403, 422, 429, 503),
 )
 
-UtcTime = Annotated[datetime | None, AfterValidator(as_utc)]
+UtcTime = Annotated[datetime | None, BeforeValidator(iso_8601_only), AfterValidator(as_utc)]
+#: An event type code, as the ingest API accepts them (PostgreSQL could not even compare some
+#: other strings, e.g. with NUL characters).
+EventTypeFilter = Annotated[
+    str, Field(pattern=f"^{EVENT_TYPE_CODE.pattern}$", examples=["comment.created"])
+]
 
 
 @router.get("", response_model=InboxPage, summary="List the inbox, newest first")
@@ -48,7 +54,7 @@ def list_inbox(
     ] = None,
     unread: Annotated[bool, Query(description="Only unread notifications.")] = False,
     event_type: Annotated[
-        list[str] | None,
+        list[EventTypeFilter] | None,
         Query(description="Only these event types (repeat the parameter for several)."),
     ] = None,
     since: Annotated[
