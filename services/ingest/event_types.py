@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 from sqlalchemy import Table, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
@@ -68,10 +68,10 @@ class EventTypeFields(BaseModel):
 
     name: Text = Field(min_length=1, max_length=200, examples=["New comment"])
     description: Text = Field("", max_length=2000, examples=["Someone commented on your post."])
-    default_enabled: bool = Field(True, description="Whether users who never chose get it.")
-    is_active: bool = Field(True, description="Inactive types are refused at ingest.")
-    mandatory: bool = Field(False, description="Ignores user opt-outs (security alerts).")
-    urgent: bool = Field(False, description="Delivered during quiet hours.")
+    default_enabled: StrictBool = Field(True, description="Whether users who never chose get it.")
+    is_active: StrictBool = Field(True, description="Inactive types are refused at ingest.")
+    mandatory: StrictBool = Field(False, description="Ignores user opt-outs (security alerts).")
+    urgent: StrictBool = Field(False, description="Delivered during quiet hours.")
     channels: list[Channel] = Field(
         default_factory=lambda: cast(list[Channel], ["inapp", "email"]), min_length=1, max_length=3
     )

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from sqlalchemy import Table, delete, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -54,7 +54,7 @@ class EventOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="Whether the user wants this event type at all.")
+    enabled: StrictBool = Field(True, description="Whether the user wants this event type at all.")
     channels: list[Channel] | None = Field(
         None, description="Channels to use instead of the event type's; null: the defaults."
     )
@@ -89,9 +89,9 @@ class PreferencesIn(BaseModel):
     )
 
     user_id: UserId | None = Field(None, description="May repeat the path's user id.")
-    inapp_enabled: bool = True
-    email_enabled: bool = True
-    sms_enabled: bool = True
+    inapp_enabled: StrictBool = True
+    email_enabled: StrictBool = True
+    sms_enabled: StrictBool = True
     quiet_hours_start: HourMinute | None = Field(
         None, description="Start of quiet hours, HH:MM in the user's time zone."
     )

@@ -455,6 +455,17 @@ def test_occurred_at_is_iso_8601_never_a_unix_timestamp(when: object) -> None:
     assert EventIn.model_validate(event).occurred_at == datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
+def test_switches_are_json_booleans_not_numbers() -> None:
+    # pydantic's lax mode read 0 and 1 as booleans; the schema says boolean (fuzz run).
+    with pytest.raises(ValidationError, match="boolean"):
+        EventTypeCreate.model_validate({"code": "a0", "name": "0", "is_active": 0})
+    with pytest.raises(ValidationError, match="boolean"):
+        PreferencesIn.model_validate({"sms_enabled": "false"})
+    with pytest.raises(ValidationError, match="boolean"):
+        PreferencesIn.model_validate({"event_overrides": {"a.b": {"enabled": 1}}})
+    assert PreferencesIn.model_validate({"sms_enabled": False}).sms_enabled is False
+
+
 def test_preference_overrides_name_well_formed_event_types() -> None:
     with pytest.raises(ValidationError, match="not a valid event type code"):
         PreferencesIn.model_validate({"event_overrides": {"Bad Code\x00": {"enabled": False}}})
