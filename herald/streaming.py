@@ -283,7 +283,7 @@ class BatchLoop:
     def run_once(self) -> int:
         """Process one batch; return how many records it held."""
         self._resume_due()
-        messages = self.consumer.consume(self.batch_size, self.poll_timeout)
+        messages = self._next_batch()
         if not messages:
             self.producer.poll(0)
             return 0
@@ -321,6 +321,19 @@ class BatchLoop:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         PROCESSING_SECONDS.labels(self.service).observe(time.perf_counter() - started)
         return len(records)
+
+    def _next_batch(self) -> list[Message]:
+        """Up to ``batch_size`` records: wait (at most ``poll_timeout``) for the first, then take
+        whatever else is already fetched without waiting. ``consume(n, timeout)`` alone would
+        wait out the whole timeout whenever fewer than n records are in flight, adding it to
+        the latency of every record at light load; this way a batch is as large as the load
+        makes it, and a lone record is handled at once."""
+        first = self.consumer.poll(self.poll_timeout)
+        if first is None:
+            return []
+        if self.batch_size == 1:
+            return [first]
+        return [first, *self.consumer.consume(self.batch_size - 1, 0)]
 
     def _defer(self, deferrals: Sequence[Deferral]) -> None:
         for deferral in deferrals:

@@ -17,8 +17,10 @@
 
 Poison (undecodable bytes, an unknown schema, an unknown or inactive event type, an unknown
 user, a template that cannot render) goes to the events DLQ with the design's ``x-*`` headers;
-the stream goes on. Offsets are committed by Faust every ``ROUTER_COMMIT_INTERVAL_MS``, after
-the producer has flushed what the committed records made (at least once).
+the stream goes on. Both stages take their records in batches and send what a batch made through one
+confluent-kafka producer (:class:`Publisher`), acknowledged by the broker before the agent takes
+the next batch; Faust commits the acked offsets every ``ROUTER_COMMIT_INTERVAL_MS`` (at least
+once).
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, cast
 
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka import Message as KafkaMessage
+from faust import streams as faust_streams
 from faust.types import TP, EventT, StreamT
 from faust.types.tuples import Message
 
@@ -40,7 +46,7 @@ from herald.errors import PermanentError
 from herald.metrics import DELIVERIES, ERRORS, RECORDS_IN, RECORDS_OUT
 from herald.seed import LOGIN_ALERT
 from herald.serde import Record, decode
-from herald.streaming import Outgoing, failure_record
+from herald.streaming import Outgoing, failure_record, producer_config
 from services.router import devices, routing
 from services.router.app import (
     SERVICE,
@@ -50,7 +56,6 @@ from services.router.app import (
     event_types_topic,
     events_topic,
     known_devices,
-    output_topics,
     preferences,
     preferences_topic,
     recipients_topic,
@@ -65,6 +70,8 @@ log = logging.getLogger(__name__)
 
 _GRACE_S = router_settings.lookup_grace_ms / 1000
 _POLL_S = router_settings.lookup_poll_ms / 1000
+_BATCH = router_settings.batch_size
+_BATCH_WITHIN_S = router_settings.batch_within_ms / 1000
 
 #: Held deliveries (quiet hours) in PostgreSQL; connects on first use.
 hold_store = HoldStore(settings.database, settings.kafka, catalogue)
@@ -92,27 +99,57 @@ def _on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
 app.on_partitions_assigned.connect(_on_assigned)  # type: ignore[arg-type]
 
 
+async def _in_batches(
+    stream: StreamT[bytes], handle: Callable[[Message], Awaitable[list[Outgoing]]]
+) -> None:
+    """Feed the stream's records to ``handle`` a batch at a time and publish what each batch
+    made (Faust acks a batch's records when the next batch is asked for, i.e. after the
+    publish)."""
+    # StreamT does not declare take_events; the Stream an agent receives has it.
+    batches = cast(Any, stream).take_events(_BATCH, within=_BATCH_WITHIN_S)
+    async for events in cast(AsyncIterator[Sequence[EventT]], batches):
+        outgoing: list[Outgoing] = []
+        for event in events:
+            with _current(event):
+                outgoing += await handle(event.message)
+        await publisher.publish(outgoing)
+
+
+@contextmanager
+def _current(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event in this task while it is routed.
+
+    A table write (the known devices) goes to the changelog partition of the current event's
+    partition, which Faust reads from a context variable; ``take_events`` fills its batches in
+    another task, so the agent's own task has no current event (the write would raise
+    "Cannot modify table key from outside of stream iteration"). Faust has no public setter;
+    tests/unit/test_router_faust.py pins the private one this relies on.
+    """
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
 # --- stage 1 -------------------------------------------------------------------------------
 
 
 @app.agent(events_topic)
 async def expand_events(stream: StreamT[bytes]) -> None:
     """Stage 1: validate each event and fan it out, one record per recipient."""
-    async for event in stream.events():
-        await _expand(event.message)
+    await _in_batches(stream, _expand)
 
 
-async def _expand(message: Message) -> None:
+async def _expand(message: Message) -> list[Outgoing]:
     _records_in(message.topic).inc()
     try:
         record = routing.decode_input(message.value, routing.EVENT)
         event_type = await _lookup(event_types, record["event_type"], routing.EVENT_TYPE, message)
         routing.check_event_type(record, event_type)
-        outgoing = routing.recipient_outputs(record, catalogue)
+        return routing.recipient_outputs(record, catalogue)
     except Exception as exc:
-        await _dead_letter(message, _permanent(exc))
-        return
-    await _send(outgoing)
+        return [_dead_letter(message, _permanent(exc))]
 
 
 # --- stage 2 -------------------------------------------------------------------------------
@@ -121,11 +158,10 @@ async def _expand(message: Message) -> None:
 @app.agent(recipients_topic)
 async def route_recipients(stream: StreamT[bytes]) -> None:
     """Stage 2: route each recipient's copy of an event with this worker's tables."""
-    async for event in stream.events():
-        await _route(event.message)
+    await _in_batches(stream, _route)
 
 
-async def _route(message: Message) -> None:
+async def _route(message: Message) -> list[Outgoing]:
     _records_in(message.topic).inc()
     try:
         recipient = routing.decode_input(message.value, routing.RECIPIENT_EVENT)
@@ -153,12 +189,11 @@ async def _route(message: Message) -> None:
         if devices.is_login(recipient["event"]):
             outgoing += await _login_alert(recipient, user, user_preferences, now, message)
     except Exception as exc:
-        await _dead_letter(message, _permanent(exc))
-        return
+        return [_dead_letter(message, _permanent(exc))]
     for status in routed.statuses:
         DELIVERIES.labels(status["channel"], status["status"]).inc()
     await _hold(routing.held_rows(routed))
-    await _send(outgoing)
+    return outgoing
 
 
 async def _login_alert(
@@ -384,8 +419,8 @@ def _permanent(exc: Exception) -> PermanentError:
     return PermanentError(f"{type(exc).__name__}: {exc}", error_class="router.unexpected")
 
 
-async def _dead_letter(message: Message, error: PermanentError) -> None:
-    """Park a poison record on the events DLQ with the x-* headers of the design."""
+def _dead_letter(message: Message, error: PermanentError) -> Outgoing:
+    """The poison record for the events DLQ, with the x-* headers of the design."""
     ERRORS.labels(SERVICE, error.error_class).inc()
     log.warning(
         "record dead-lettered",
@@ -399,29 +434,95 @@ async def _dead_letter(message: Message, error: PermanentError) -> None:
         value=message.value,
         headers=_headers(message.headers),
     )
-    await _send(
-        [
-            failure_record(
-                original,
-                error,
-                retry_topics=(),
-                retry_delays_ms=(),
-                dlq_topic=catalogue.events.dlq_name,
-            )
-        ]
+    return failure_record(
+        original,
+        error,
+        retry_topics=(),
+        retry_delays_ms=(),
+        dlq_topic=catalogue.events.dlq_name,
     )
 
 
-async def _send(records: Sequence[Outgoing]) -> None:
-    """Hand records to Faust's producer; Faust flushes it before it commits offsets."""
-    for record in records:
-        key = record.key.encode() if isinstance(record.key, str) else record.key
-        headers = [
-            (name, value.encode() if isinstance(value, str) else (value or b""))
-            for name, value in record.headers
-        ]
-        await output_topics[record.topic].send(key=key, value=record.value, headers=headers)
-        _records_out(record.topic).inc()
+class Publisher:
+    """What the agents route goes out through one confluent-kafka producer, a batch at a time.
+
+    Each agent takes its records in batches (``ROUTER_BATCH_SIZE``, waiting at most
+    ``ROUTER_BATCH_WITHIN_MS`` to fill one), produces everything the batch made, and waits in
+    a thread (the event loop keeps serving the other agents) until the broker acknowledged all
+    of it. Only then does the agent ask for the next batch, which is when Faust acks the
+    previous one's records: an offset is never committed before what its record made is on
+    the broker (at least once). A record the broker refused (after librdkafka's own retries)
+    is produced again, with growing pauses, for as long as it takes: the partition stalls
+    and the log and ``herald_errors_total{error_class="router.produce"}`` say why, but
+    nothing is lost. librdkafka's producer is far cheaper per record than the pure-Python one
+    Faust sends with, which was most of the router's time per record. The partitioner is the
+    Java client's murmur2, as Faust's, so co-partitioning holds.
+    """
+
+    def __init__(self) -> None:
+        self._producer: Producer | None = None
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(producer_config(settings.kafka))
+        return self._producer
+
+    async def publish(self, records: Sequence[Outgoing]) -> None:
+        """Produce ``records`` and return once the broker acknowledged every one."""
+        pending = list(records)
+        pause = 0.5
+        while pending:
+            refused = await self._send(pending)
+            if not refused:
+                return
+            ERRORS.labels(SERVICE, "router.produce").inc()
+            log.error(
+                "records not acknowledged by the broker; producing them again",
+                extra={"count": len(refused), "error": str(refused[0][1]), "retry_in_s": pause},
+            )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
+            pending = [record for record, _ in refused]
+
+    async def _send(self, records: Sequence[Outgoing]) -> list[tuple[Outgoing, KafkaError]]:
+        """Produce ``records``; wait for every one's delivery report; return the refused.
+
+        Reports are counted per call, not read off ``flush()``: the other agent's thread may
+        be serving this call's reports when its own flush returns."""
+        producer = self.producer
+        reported: list[bool] = []
+        refused: list[tuple[Outgoing, KafkaError]] = []
+
+        def report(record: Outgoing) -> Any:
+            def on_delivery(error: KafkaError | None, _message: KafkaMessage) -> None:
+                if error is not None:
+                    refused.append((record, error))
+                reported.append(True)
+
+            return on_delivery
+
+        for record in records:
+            while True:
+                try:
+                    producer.produce(
+                        record.topic,
+                        key=record.key,
+                        value=record.value,
+                        headers=record.headers,
+                        on_delivery=report(record),
+                    )
+                    break
+                except BufferError:  # the local queue is full: let it drain
+                    await asyncio.to_thread(producer.poll, 0.05)
+            _records_out(record.topic).inc()
+        while len(reported) < len(records):
+            if await asyncio.to_thread(producer.flush, 1.0) == 0:
+                await asyncio.sleep(0.001)  # the other thread is serving our last reports
+        return refused
+
+
+publisher = Publisher()
 
 
 @cache

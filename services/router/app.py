@@ -78,6 +78,8 @@ app = faust.App(
     broker_session_timeout=_session_timeout_s,
     broker_heartbeat_interval=max(_session_timeout_s / 4, 0.5),
     broker_commit_interval=router_settings.commit_interval_ms / 1000,
+    # Faust's own producer writes only the tables' changelogs now (the agents' output goes
+    # through agents.Publisher).
     producer_linger=router_settings.producer_linger_ms / 1000,
     web_enabled=router_settings.web_port != 0,
     web_port=router_settings.web_port or 6066,
@@ -100,18 +102,6 @@ event_types_topic = _topic(catalogue.event_types)
 users_topic = _topic(catalogue.users)
 preferences_topic = _topic(catalogue.preferences)
 recipients_topic = _topic(catalogue.recipients)
-
-#: Every topic the router writes to, by name (the Outgoing records of routing.py name them).
-output_topics: dict[str, faust.TopicT] = {
-    name: _topic(name)
-    for name in (
-        catalogue.recipients.name,
-        catalogue.notifications.name,
-        catalogue.delivery_status.name,
-        catalogue.events.dlq_name,
-        *(catalogue.for_channel(channel).name for channel in catalogue.channels),
-    )
-}
 
 
 def _changelog_configs(spec: TopicSpec) -> dict[str, str]:

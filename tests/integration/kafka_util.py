@@ -55,3 +55,29 @@ def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout: flo
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def committed_to_end(kafka: KafkaSettings, group: str, topics: list[str]) -> bool:
+    """Whether ``group`` has committed every record now on ``topics``.
+
+    A partition that never held a record has nothing to commit (its committed offset stays
+    unset). Committed offsets are read before the end offsets, so records the group's own
+    service produces to these topics before it commits are counted too.
+    """
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ]
+        committed = {
+            (tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, 10)
+        }
+        for tp in partitions:
+            end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+            if end > 0 and committed[tp.topic, tp.partition] < end:
+                return False
+        return True
+    finally:
+        consumer.close()

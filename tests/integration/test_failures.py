@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from herald.db import search_path_options
 from herald.devstack.components import Smtp
@@ -37,7 +37,7 @@ from tests.integration.delivery_util import (
     wait_for,
     wait_for_statuses,
 )
-from tests.integration.kafka_util import read_all
+from tests.integration.kafka_util import committed_to_end, read_all
 from tests.integration.pipeline import free_port
 from tests.integration.services import ServiceProcess, service_env
 
@@ -151,25 +151,11 @@ def test_sms_outage_longer_than_every_tier_then_replay_delivers_each_once(
     again = herald_dlq(kafka_settings, "replay", "--error-class", "sms.5xx")
     assert again.returncode == 0, again.stderr
     first = topics.deliveries_sms.retry_topic_names[0]
-    wait_for(lambda: consumed(kafka_settings, f"{kafka_settings.topic_prefix}sms_sender", first),
+    group = f"{kafka_settings.topic_prefix}sms_sender"
+    wait_for(lambda: committed_to_end(kafka_settings, group, [first]),
              30, "the second replay consumed")  # fmt: skip
     assert sms.created() == dict.fromkeys(ids, 1)
     assert len(sms.requests()) == attempts  # the provider was not even asked again
-
-
-def consumed(kafka: KafkaSettings, group: str, topic: str) -> bool:
-    """Whether ``group`` has committed every partition of ``topic`` up to its end."""
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        wanted = [TopicPartition(topic, p) for p in partitions]
-        committed = {tp.partition: tp.offset for tp in consumer.committed(wanted, timeout=10)}
-        return all(
-            committed[p] >= consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1]
-            for p in partitions
-        )
-    finally:
-        consumer.close()
 
 
 def test_a_provider_failing_everything_is_backed_off_not_drained_into_the_dlq(

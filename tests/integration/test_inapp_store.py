@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from herald import identity
 from herald.db import search_path_options
@@ -28,7 +28,7 @@ from services.inapp_store.service import application_name
 from services.inapp_store.settings import SERVICE
 from services.inapp_store.store import STATUS_ORDER, DeliveryRow, outranks_sql
 from tests.integration.delivery_util import delivery_request, statuses, wait_for
-from tests.integration.kafka_util import read_all
+from tests.integration.kafka_util import committed_to_end, read_all
 from tests.integration.services import ServiceProcess, service_env
 
 pytestmark = pytest.mark.integration
@@ -172,31 +172,8 @@ def input_topics(topics: Catalogue) -> list[str]:
 
 
 def consumed_everything(kafka: KafkaSettings, topics: Catalogue) -> bool:
-    """Whether the store's group has committed every record now on its three topics.
-
-    Committed offsets are read before the end offsets, so records the store produces itself
-    (the in-app ``delivered`` statuses, written before their request's offset is committed)
-    are counted too.
-    """
-    consumer = Consumer(
-        {"bootstrap.servers": kafka.bootstrap_servers, "group.id": kafka.topic_prefix + SERVICE}
-    )
-    try:
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in input_topics(topics)
-            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ]
-        committed = {
-            (tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, 10)
-        }
-        for tp in partitions:
-            end = consumer.get_watermark_offsets(tp, timeout=10)[1]
-            if end > 0 and committed[tp.topic, tp.partition] < end:
-                return False
-        return True
-    finally:
-        consumer.close()
+    """Whether the store's group has committed every record now on its three topics."""
+    return committed_to_end(kafka, kafka.topic_prefix + SERVICE, input_topics(topics))
 
 
 def wait_until_consumed(kafka: KafkaSettings, topics: Catalogue, timeout: float = 60) -> None:

@@ -516,8 +516,22 @@ class FakeConsumer:
     def _note(self, name: str, partitions: list[Any]) -> None:
         self.calls.append((name, [(p.topic, p.partition, p.offset) for p in partitions]))
 
+    def poll(self, timeout: float) -> Message | None:
+        """The first record of the next scripted batch (None for an empty one)."""
+        if not self.batches:
+            return None
+        if not self.batches[0]:
+            self.batches.pop(0)
+            return None
+        return self.batches[0].pop(0)
+
     def consume(self, num_messages: int, timeout: float) -> list[Message]:
-        return self.batches.pop(0) if self.batches else []
+        """The rest of the batch ``poll`` started, without waiting."""
+        if not self.batches:
+            return []
+        rest = self.batches.pop(0)
+        assert len(rest) <= num_messages
+        return rest
 
     def pause(self, partitions: list[Any]) -> None:
         self._note("pause", partitions)
