@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email import message_from_string
 from email.message import EmailMessage
 from email.policy import default
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from herald.db import search_path_options
 from herald.devstack.components import Smtp
@@ -237,6 +239,64 @@ def test_temporary_smtp_refusals_are_retried_through_the_tiers(
     log = httpx.get(f"{sink_api}/log", timeout=10).raise_for_status().json()
     replies = [entry["reply"][:3] for entry in log if entry["rcpt"] == flaky]
     assert replies == ["451", "451", "250"]
+
+
+def test_a_record_waiting_in_a_retry_tier_survives_a_restart(
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+    run_service: Callable[..., ServiceProcess],
+    sink_api: str,
+) -> None:
+    """The sender is stopped while a record waits (paused partition) in the first tier; the
+    next sender waits out the rest of the record's x-not-before, then sends it once."""
+    flaky = address()
+    fault = {"code": 451, "message": "4.3.0 try again later", "count": 1, "rcpt": flaky}
+    httpx.post(f"{sink_api}/faults", json=fault, timeout=10).raise_for_status()
+    request = email_request(flaky)
+    delivery = request["delivery_id"]
+    tier_s = 10.0
+    delays = f"{int(tier_s * 1000)},1000,2000"
+    publish(kafka_settings, topics.deliveries_email.name, [request])
+    first = start(run_service, kafka_settings, db_settings, HERALD_RETRY_DELAYS_MS=delays)
+
+    retried = wait_for_statuses(kafka_settings, topics, {delivery: "retrying"})
+    failed_at = retried[delivery][0]["occurred_at"]
+    tier = topics.deliveries_email.retry_topic_names[0]
+    group = f"{kafka_settings.topic_prefix}email_sender"
+    # The first sender consumed the tier's record and paused its partition at it: the
+    # committed offset is the record's own (it is consumed again), not past it.
+    deferred = wait_for(lambda: deferred_at(kafka_settings, group, tier), 20, "the deferral")
+    assert deferred == [0]
+    assert first.stop() == 0  # SIGTERM while the partition is paused
+    assert (datetime.now(UTC) - failed_at).total_seconds() < tier_s  # still not due
+    start(run_service, kafka_settings, db_settings, HERALD_RETRY_DELAYS_MS=delays)
+
+    history = wait_for_statuses(kafka_settings, topics, {delivery: "sent"}, 60)[delivery]
+    assert [(e["status"], e["attempt"]) for e in history] == [("retrying", 1), ("sent", 2)]
+    waited = (history[1]["occurred_at"] - history[0]["occurred_at"]).total_seconds()
+    assert waited >= tier_s - 0.05  # the restart did not skip the wait
+    box = wait_for(lambda: mailbox(sink_api, {flaky}), 30, "the retried message")
+    assert len(box[flaky]) == 1
+    log = httpx.get(f"{sink_api}/log", timeout=10).raise_for_status().json()
+    assert [entry["reply"][:3] for entry in log if entry["rcpt"] == flaky] == ["451", "250"]
+
+
+def deferred_at(kafka: KafkaSettings, group: str, topic: str) -> list[int]:
+    """The offsets ``group`` committed on ``topic``'s partitions that hold records but were
+    not consumed past their end (a deferred record's own offset)."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        found = []
+        for tp in consumer.committed(wanted, timeout=10):
+            end = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 10)[1]
+            if 0 <= tp.offset < end:
+                found.append(tp.offset)
+        return found
+    finally:
+        consumer.close()
 
 
 def test_a_recipient_refused_permanently_goes_straight_to_the_dlq(
