@@ -88,6 +88,26 @@ class Outgoing:
     headers: list[tuple[str, str | bytes | None]] = field(default_factory=list)
 
 
+#: A producer delivery report: the error (None when acknowledged) and the message.
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+def enqueue(producer: Producer, record: Outgoing, on_delivery: DeliveryCallback) -> bool:
+    """Hand ``record`` to the producer's local queue; False when the queue is full (the caller
+    lets it drain, e.g. ``producer.poll(0.05)``, and tries again)."""
+    try:
+        producer.produce(
+            record.topic,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+            on_delivery=on_delivery,
+        )
+    except BufferError:
+        return False
+    return True
+
+
 def failure_record(
     message: Message,
     error: ProcessingError,
@@ -373,18 +393,8 @@ class BatchLoop:
                 failures.append(err)
 
         for record in outgoing:
-            while True:
-                try:
-                    self.producer.produce(
-                        record.topic,
-                        key=record.key,
-                        value=record.value,
-                        headers=record.headers,
-                        on_delivery=on_delivery,
-                    )
-                    break
-                except BufferError:
-                    self.producer.poll(0.05)  # local queue full: let it drain
+            while not enqueue(self.producer, record, on_delivery):
+                self.producer.poll(0.05)  # local queue full: let it drain
             RECORDS_OUT.labels(self.service, record.topic).inc()
         if outgoing:
             remaining = self.producer.flush(30)

@@ -46,7 +46,7 @@ from herald.errors import PermanentError
 from herald.metrics import DELIVERIES, ERRORS, RECORDS_IN, RECORDS_OUT
 from herald.seed import LOGIN_ALERT
 from herald.serde import Record, decode
-from herald.streaming import Outgoing, failure_record, producer_config
+from herald.streaming import DeliveryCallback, Outgoing, enqueue, failure_record, producer_config
 from services.router import devices, routing
 from services.router.app import (
     SERVICE,
@@ -494,7 +494,7 @@ class Publisher:
         reported: list[bool] = []
         refused: list[tuple[Outgoing, KafkaError]] = []
 
-        def report(record: Outgoing) -> Any:
+        def report(record: Outgoing) -> DeliveryCallback:
             def on_delivery(error: KafkaError | None, _message: KafkaMessage) -> None:
                 if error is not None:
                     refused.append((record, error))
@@ -503,18 +503,8 @@ class Publisher:
             return on_delivery
 
         for record in records:
-            while True:
-                try:
-                    producer.produce(
-                        record.topic,
-                        key=record.key,
-                        value=record.value,
-                        headers=record.headers,
-                        on_delivery=report(record),
-                    )
-                    break
-                except BufferError:  # the local queue is full: let it drain
-                    await asyncio.to_thread(producer.poll, 0.05)
+            while not enqueue(producer, record, report(record)):
+                await asyncio.to_thread(producer.poll, 0.05)  # the local queue is full
             _records_out(record.topic).inc()
         while len(reported) < len(records):
             if await asyncio.to_thread(producer.flush, 1.0) == 0:
