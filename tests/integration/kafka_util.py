@@ -57,13 +57,12 @@ def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout: flo
             time.sleep(0.1)
 
 
-def committed_to_end(kafka: KafkaSettings, group: str, topics: list[str]) -> bool:
-    """Whether ``group`` has committed every record now on ``topics``.
-
-    A partition that never held a record has nothing to commit (its committed offset stays
-    unset). Committed offsets are read before the end offsets, so records the group's own
-    service produces to these topics before it commits are counted too.
-    """
+def committed_and_end(
+    kafka: KafkaSettings, group: str, topics: list[str]
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per partition of ``topics``: the offset ``group`` committed (negative when it never
+    committed there) and the end offset. Committed offsets are read first, so records the
+    group's own service produces to these topics before it commits are counted too."""
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
     try:
         partitions = [
@@ -71,13 +70,17 @@ def committed_to_end(kafka: KafkaSettings, group: str, topics: list[str]) -> boo
             for topic in topics
             for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ]
-        committed = {
-            (tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, 10)
+        committed = consumer.committed(partitions, 10)
+        return {
+            (tp.topic, tp.partition): (tp.offset, consumer.get_watermark_offsets(tp, 10)[1])
+            for tp in committed
         }
-        for tp in partitions:
-            end = consumer.get_watermark_offsets(tp, timeout=10)[1]
-            if end > 0 and committed[tp.topic, tp.partition] < end:
-                return False
-        return True
     finally:
         consumer.close()
+
+
+def committed_to_end(kafka: KafkaSettings, group: str, topics: list[str]) -> bool:
+    """Whether ``group`` has committed every record now on ``topics`` (a partition that never
+    held a record has nothing to commit; its committed offset stays unset)."""
+    offsets = committed_and_end(kafka, group, topics).values()
+    return all(end == 0 or committed >= end for committed, end in offsets)

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from herald.db import search_path_options
 from herald.devstack.components import Smtp
@@ -29,6 +28,7 @@ from tests.integration.delivery_util import (
     wait_for,
     wait_for_statuses,
 )
+from tests.integration.kafka_util import committed_and_end
 from tests.integration.services import TEST_RETRY_DELAYS_MS, ServiceProcess, service_env
 
 pytestmark = pytest.mark.integration
@@ -63,6 +63,21 @@ def mailbox(sink_api: str, recipients: set[str]) -> dict[str, list[dict[str, Any
             if rcpt in recipients:
                 found.setdefault(rcpt, []).append(message)
     return found
+
+
+def fail_smtp(sink_api: str, rcpt: str, code: int, message: str, count: int | None = None) -> None:
+    """Make the sink answer ``code`` for ``rcpt`` (``count`` times, or always); scoped to the
+    test's own address, as other tests share the sink."""
+    fault: dict[str, Any] = {"code": code, "message": message, "rcpt": rcpt}
+    if count is not None:
+        fault["count"] = count
+    httpx.post(f"{sink_api}/faults", json=fault, timeout=10).raise_for_status()
+
+
+def smtp_replies(sink_api: str, rcpt: str) -> list[str]:
+    """The reply codes the sink gave for ``rcpt``, in order."""
+    log = httpx.get(f"{sink_api}/log", timeout=10).raise_for_status().json()
+    return [entry["reply"][:3] for entry in log if entry["rcpt"] == rcpt]
 
 
 def parse(raw: str) -> EmailMessage:
@@ -203,9 +218,7 @@ def test_temporary_smtp_refusals_are_retried_through_the_tiers(
 ) -> None:
     flaky = address()
     steady = address()
-    # Scoped to this test's address: other tests share the sink.
-    fault = {"code": 451, "message": "4.3.0 try again later", "count": 2, "rcpt": flaky}
-    httpx.post(f"{sink_api}/faults", json=fault, timeout=10).raise_for_status()
+    fail_smtp(sink_api, flaky, 451, "4.3.0 try again later", count=2)
     request, neighbour = email_request(flaky), email_request(steady)
     publish(kafka_settings, topics.deliveries_email.name, [request, neighbour])
     start(run_service, kafka_settings, db_settings)
@@ -236,9 +249,7 @@ def test_temporary_smtp_refusals_are_retried_through_the_tiers(
     assert [(e["status"], e["attempt"]) for e in grouped[neighbour["delivery_id"]]] == [("sent", 1)]
     box = wait_for(lambda: mailbox(sink_api, {flaky}), 30, "the retried message")
     assert len(box[flaky]) == 1
-    log = httpx.get(f"{sink_api}/log", timeout=10).raise_for_status().json()
-    replies = [entry["reply"][:3] for entry in log if entry["rcpt"] == flaky]
-    assert replies == ["451", "451", "250"]
+    assert smtp_replies(sink_api, flaky) == ["451", "451", "250"]
 
 
 def test_a_record_waiting_in_a_retry_tier_survives_a_restart(
@@ -251,8 +262,7 @@ def test_a_record_waiting_in_a_retry_tier_survives_a_restart(
     """The sender is stopped while a record waits (paused partition) in the first tier; the
     next sender waits out the rest of the record's x-not-before, then sends it once."""
     flaky = address()
-    fault = {"code": 451, "message": "4.3.0 try again later", "count": 1, "rcpt": flaky}
-    httpx.post(f"{sink_api}/faults", json=fault, timeout=10).raise_for_status()
+    fail_smtp(sink_api, flaky, 451, "4.3.0 try again later", count=1)
     request = email_request(flaky)
     delivery = request["delivery_id"]
     tier_s = 10.0
@@ -278,25 +288,14 @@ def test_a_record_waiting_in_a_retry_tier_survives_a_restart(
     assert waited >= tier_s - 0.05  # the restart did not skip the wait
     box = wait_for(lambda: mailbox(sink_api, {flaky}), 30, "the retried message")
     assert len(box[flaky]) == 1
-    log = httpx.get(f"{sink_api}/log", timeout=10).raise_for_status().json()
-    assert [entry["reply"][:3] for entry in log if entry["rcpt"] == flaky] == ["451", "250"]
+    assert smtp_replies(sink_api, flaky) == ["451", "250"]
 
 
 def deferred_at(kafka: KafkaSettings, group: str, topic: str) -> list[int]:
     """The offsets ``group`` committed on ``topic``'s partitions that hold records but were
     not consumed past their end (a deferred record's own offset)."""
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        wanted = [TopicPartition(topic, p) for p in partitions]
-        found = []
-        for tp in consumer.committed(wanted, timeout=10):
-            end = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), 10)[1]
-            if 0 <= tp.offset < end:
-                found.append(tp.offset)
-        return found
-    finally:
-        consumer.close()
+    offsets = committed_and_end(kafka, group, [topic]).values()
+    return [committed for committed, end in offsets if 0 <= committed < end]
 
 
 def test_a_recipient_refused_permanently_goes_straight_to_the_dlq(
@@ -307,8 +306,7 @@ def test_a_recipient_refused_permanently_goes_straight_to_the_dlq(
     sink_api: str,
 ) -> None:
     refused = address()
-    fault = {"code": 550, "message": "5.1.1 mailbox unavailable", "rcpt": refused}
-    httpx.post(f"{sink_api}/faults", json=fault, timeout=10).raise_for_status()
+    fail_smtp(sink_api, refused, 550, "5.1.1 mailbox unavailable")
     user = f"u-{uuid.uuid4().hex[:8]}"  # one partition: the neighbour comes after it
     request, neighbour = (
         email_request(refused, user_id=user),
@@ -330,6 +328,5 @@ def test_a_recipient_refused_permanently_goes_straight_to_the_dlq(
     assert headers[H_ERROR_CLASS] == "smtp.5xx" and headers[H_ATTEMPT] == "1"
     for tier in topics.deliveries_email.retry_topic_names:
         assert dead_letters(kafka_settings, tier) == []
-    log = httpx.get(f"{sink_api}/log", timeout=10).raise_for_status().json()
-    assert [entry["reply"][:3] for entry in log if entry["rcpt"] == refused] == ["550"]
+    assert smtp_replies(sink_api, refused) == ["550"]
     assert mailbox(sink_api, {refused}) == {}
