@@ -156,7 +156,8 @@ def test_expand_leaves_out_the_actor_and_duplicates() -> None:
     event = {**EVENT, "actor_id": "u1", "recipients": ["u2", "u1", "u3", "u2", "", "u4", "u3"]}
     expanded = routing.expand(event)
     assert [r["user_id"] for r in expanded] == ["u2", "u3", "u4"]
-    assert all(r["event"] == event for r in expanded)
+    # Each copy is the event addressed to its own recipient only.
+    assert all(r["event"] == {**event, "recipients": [r["user_id"]]} for r in expanded)
     assert routing.expand({**EVENT, "recipients": []}) == []
     assert routing.expand({**EVENT, "actor_id": "u1", "recipients": ["u1"]}) == []
     no_actor = routing.expand({**EVENT, "actor_id": None, "recipients": ["u1", "u1"]})
@@ -169,7 +170,26 @@ def test_recipient_outputs_are_keyed_by_user_on_the_recipients_topic() -> None:
     out = routing.recipient_outputs(event, catalogue)
     assert [o.topic for o in out] == [catalogue.recipients.name] * 2
     assert [o.key for o in out] == [b"user-42", b"user-43"]
-    assert decode(out[0].value or b"") == {"user_id": "user-42", "event": event}
+    assert decode(out[0].value or b"") == {
+        "user_id": "user-42",
+        "event": {**event, "recipients": ["user-42"]},
+    }
+
+
+def test_fan_out_is_linear_in_the_recipient_count() -> None:
+    """Each recipient's record has the same size whatever the event's recipient count: the
+    bytes of 10,000 copies are 10 times those of 1,000 (copying the whole list into each copy
+    made them 100 times, about 1.4 GB here)."""
+
+    def total_bytes(count: int) -> int:
+        event = {**EVENT, "actor_id": None, "recipients": [f"user-{n:06}" for n in range(count)]}
+        out = routing.recipient_outputs(event, CATALOGUE)
+        assert len(out) == count
+        return sum(len(o.value or b"") for o in out)
+
+    small, large = total_bytes(1_000), total_bytes(10_000)
+    assert large == 10 * small
+    assert large < 10_000 * 1_000  # under 1 KB per recipient
 
 
 def test_check_event_type_refuses_unknown_and_inactive_types() -> None:
