@@ -13,15 +13,39 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import Counter
 
 from herald.errors import ProcessingError, RetryableError
-from herald.metrics import BATCH_SIZE, PROCESSING_SECONDS, RECORDS_IN, RECORDS_OUT
+from herald.metrics import (
+    BATCH_SIZE,
+    ERRORS,
+    HEALTH,
+    PROCESSING_SECONDS,
+    RECORDS_IN,
+    RECORDS_OUT,
+    Backoff,
+)
 from herald.settings import KafkaSettings
 
+if TYPE_CHECKING:
+    from herald.producer import AckedProducer
+
 log = logging.getLogger(__name__)
+
+COMMITS_REFUSED = Counter(
+    "herald_commits_refused_total",
+    "Offset commits the group refused or could not reach (rebalance, broker down); the "
+    "offsets are committed later or the records are consumed again",
+    ["service", "error"],
+)
+PRODUCE_RETRIES = Counter(
+    "herald_produce_retries_total",
+    "Batches whose output Kafka did not acknowledge, produced again after a pause",
+    ["service"],
+)
 
 H_ATTEMPT = "x-attempt"
 H_NOT_BEFORE = "x-not-before"
@@ -243,6 +267,19 @@ def commit_offsets(
     ]
 
 
+#: Commit errors after which the group no longer knows this member or its generation: the
+#: partitions are being (or were) taken away, and whoever gets them resumes from the last
+#: committed offset.
+REBALANCE_ERRORS = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError._ASSIGNMENT_LOST,
+    }
+)
+
+
 class BatchLoop:
     """Consume in batches; hand each to ``handler``; produce its output; then commit.
 
@@ -253,6 +290,27 @@ class BatchLoop:
     With ``not_before`` (e.g. :func:`header_not_before` for retry tiers), a record that is not
     due yet is not handed to the handler: its partition is rewound to it and paused until
     then, while every other partition keeps flowing (the consumer itself never sleeps).
+
+    Transient faults never end the loop (only :meth:`stop` does):
+
+    - **Output not acknowledged** (broker down, leader moving): the records Kafka refused are
+      produced again after a growing pause, for as long as it takes; the batch's offsets are
+      not committed before every record is acknowledged. A record too large to ever be
+      produced is logged and counted as ``record.too_large`` and not retried (it would wedge
+      the partition forever).
+    - **Commit refused** (``UNKNOWN_MEMBER_ID``, ``ILLEGAL_GENERATION``,
+      ``REBALANCE_IN_PROGRESS``, ``_ASSIGNMENT_LOST`` after a rebalance, or a transport error
+      while the broker is away): the batch's effects are already durable and its output
+      acknowledged, so nothing is lost, only not yet recorded as done. Its offsets are kept
+      as *pending* and committed with the next batch's (or alone, with backoff, when no batch
+      comes). If the partition is revoked or lost meanwhile, the pending offsets of that
+      partition are dropped: the next owner — another member, or this one after it rejoins —
+      starts from the last committed offset and consumes the records again. That is safe
+      because every handler is idempotent (the senders' send journal, inapp_store's upserts).
+      Seeking back instead would redo work that is already done while the partition is ours.
+    - Repeated failures mark the service degraded in :data:`herald.metrics.HEALTH`
+      (``herald_service_degraded{reason="kafka.produce"|"kafka.commit"}``, ``/readyz`` 503)
+      until the next success.
     """
 
     def __init__(
@@ -267,11 +325,18 @@ class BatchLoop:
         poll_timeout: float = 0.1,
         consumer_overrides: dict[str, Any] | None = None,
         not_before: NotBefore | None = None,
+        produce_backoff: Backoff | None = None,
+        commit_backoff: Backoff | None = None,
     ) -> None:
+        # herald.producer imports this module (Outgoing): import it when a loop is built.
+        from herald.producer import AckedProducer
+
         self.service = service
         self.not_before = not_before
         #: Paused partitions and when each may resume (epoch seconds).
         self.paused: dict[tuple[str, int], float] = {}
+        #: Offsets whose commit was refused, to commit with the next batch (see the class doc).
+        self.pending: dict[tuple[str, int], int] = {}
         self.topics = list(topics)
         self.handler = handler
         self.batch_size = batch_size
@@ -279,7 +344,11 @@ class BatchLoop:
         self.consumer = Consumer(
             consumer_config(kafka, group_id or service, **(consumer_overrides or {}))
         )
-        self.producer = Producer(producer_config(kafka))
+        self._producer_config = producer_config(kafka)
+        self.producer: AckedProducer = AckedProducer(self._producer_config)
+        self.produce_backoff = produce_backoff or Backoff(0.5, 10.0)
+        self.commit_backoff = commit_backoff or Backoff(0.5, 5.0)
+        self._next_commit_retry = 0.0
         self.stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -292,12 +361,14 @@ class BatchLoop:
 
     def run(self) -> None:
         """Consume until :meth:`stop`; then flush the producer and leave the group."""
-        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
             while not self.stop_event.is_set():
                 self.run_once()
+            if self.pending:
+                self._commit([])
         finally:
-            self.producer.flush(30)
+            self.producer.close(30)
             self.consumer.close()
 
     def run_once(self) -> int:
@@ -306,6 +377,8 @@ class BatchLoop:
         messages = self._next_batch()
         if not messages:
             self.producer.poll(0)
+            if self.pending and time.monotonic() >= self._next_commit_retry:
+                self._commit([])
             return 0
         started = time.perf_counter()
         records = []
@@ -334,13 +407,58 @@ class BatchLoop:
                 deferrals.extend(holds)
         else:
             outgoing = result
-        self.publish(outgoing)
-        offsets = commit_offsets(records, deferrals)
-        if offsets:
-            # Explicit offsets: a rewound partition must not commit past its deferred record.
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+        if not self.publish(outgoing):
+            return len(records)  # stopped before Kafka acknowledged it: not committed
+        # Explicit offsets: a rewound partition must not commit past its deferred record.
+        self._commit(commit_offsets(records, deferrals))
         PROCESSING_SECONDS.labels(self.service).observe(time.perf_counter() - started)
         return len(records)
+
+    def _commit(self, offsets: Sequence[TopicPartition]) -> bool:
+        """Commit ``offsets`` with any pending ones; keep them pending if the commit is
+        refused (see the class docstring). True when everything was committed."""
+        wanted = dict(self.pending)
+        for tp in offsets:
+            key = (tp.topic, tp.partition)
+            wanted[key] = max(wanted.get(key, tp.offset), tp.offset)
+        if not wanted:
+            return True
+        partitions = [TopicPartition(t, p, o) for (t, p), o in wanted.items()]
+        refused: KafkaError | None = None
+        try:
+            result = self.consumer.commit(offsets=partitions, asynchronous=False)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.fatal():
+                raise
+            refused = error if isinstance(error, KafkaError) else KafkaError(KafkaError._FAIL)
+            failed = set(wanted)
+        else:
+            failed = {(tp.topic, tp.partition) for tp in result or [] if tp.error is not None}
+            refused = next((tp.error for tp in result or [] if tp.error is not None), None)
+        self.pending = {key: offset for key, offset in wanted.items() if key in failed}
+        if refused is None:
+            self.commit_backoff.reset()
+            HEALTH.recovered(self.service, "kafka.commit")
+            return True
+        name = refused.name()
+        COMMITS_REFUSED.labels(self.service, name).inc()
+        delay = self.commit_backoff.next()
+        self._next_commit_retry = time.monotonic() + delay
+        rebalance = refused.code() in REBALANCE_ERRORS
+        log.warning(
+            "commit refused; offsets kept to commit later (records come again if the "
+            "partitions moved)",
+            extra={
+                "error": str(refused),
+                "rebalance": rebalance,
+                "partitions": len(self.pending),
+                "retry_in_s": delay,
+            },
+        )
+        if not rebalance and delay >= self.commit_backoff.maximum:
+            HEALTH.degraded(self.service, "kafka.commit", str(refused))
+        return False
 
     def _next_batch(self) -> list[Message]:
         """Up to ``batch_size`` records: wait (at most ``poll_timeout``) for the first, then take
@@ -358,8 +476,13 @@ class BatchLoop:
     def _defer(self, deferrals: Sequence[Deferral]) -> None:
         for deferral in deferrals:
             partition = TopicPartition(deferral.topic, deferral.partition, deferral.offset)
-            self.consumer.pause([partition])
-            self.consumer.seek(partition)  # also drops what was prefetched past the record
+            try:
+                self.consumer.pause([partition])
+                self.consumer.seek(partition)  # also drops what was prefetched past the record
+            except KafkaException as exc:
+                # Revoked meanwhile: its next owner starts from the committed offset.
+                log.info("could not defer a partition", extra={"error": str(exc)})
+                continue
             self.paused[(deferral.topic, deferral.partition)] = deferral.not_before
 
     def _resume_due(self) -> None:
@@ -368,11 +491,40 @@ class BatchLoop:
         now = time.time()
         due = [key for key, when in self.paused.items() if when <= now]
         if due:
-            self.consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
+            try:
+                self.consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
+            except KafkaException as exc:  # a partition lost since: nothing to resume
+                log.info("could not resume partitions", extra={"error": str(exc)})
             for key in due:
                 del self.paused[key]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # An orderly revoke: the group still knows us, so commit what is pending for these
+        # partitions now; their next owner then starts after them.
+        keys = {(p.topic, p.partition) for p in partitions}
+        if any(key in keys for key in self.pending):
+            mine = {key: offset for key, offset in self.pending.items() if key in keys}
+            try:
+                consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in mine.items()],
+                    asynchronous=False,
+                )
+            except KafkaException as exc:
+                log.info(
+                    "could not commit pending offsets of revoked partitions; their next "
+                    "owner consumes those records again",
+                    extra={"error": str(exc)},
+                )
+        self._forget(consumer, partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The group has already given them to someone else: committing is no longer ours.
+        log.warning("partitions lost (session timed out)", extra={"count": len(partitions)})
+        self._forget(consumer, partitions)
+
+    def _forget(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = {(p.topic, p.partition) for p in partitions}
+        self.pending = {key: offset for key, offset in self.pending.items() if key not in keys}
         # Resume before giving a partition up, so it does not come back paused if it is
         # assigned here again; its new owner starts from the committed (deferred) offset.
         mine = [p for p in partitions if (p.topic, p.partition) in self.paused]
@@ -384,20 +536,77 @@ class BatchLoop:
             except KafkaException as exc:  # lost partitions may be gone already
                 log.info("could not resume revoked partitions", extra={"error": str(exc)})
 
-    def publish(self, outgoing: list[Outgoing]) -> None:
-        """Produce every record and wait until the broker has acknowledged all of them."""
-        failures: list[KafkaError] = []
+    def publish(self, outgoing: list[Outgoing]) -> bool:
+        """Produce every record and wait until the broker has acknowledged all of them.
 
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failures.append(err)
+        What Kafka refuses is produced again after a growing pause, until it is acknowledged
+        (True) or the loop is stopped (False: the caller must not commit the batch).
+        """
+        from herald.producer import AckedProducer
 
-        for record in outgoing:
-            while not enqueue(self.producer, record, on_delivery):
-                self.producer.poll(0.05)  # local queue full: let it drain
+        waiting = list(outgoing)
+        while waiting:
+            refused = self._produce_round(waiting)
+            if refused is None:
+                return False
+            if not refused:
+                break
+            if any(error.fatal() for _, error in refused):
+                # The idempotent producer is unusable after a fatal error: start a new one.
+                self.producer = AckedProducer(self._producer_config)
+            too_large = [(r, e) for r, e in refused if e.code() == KafkaError.MSG_SIZE_TOO_LARGE]
+            for record, error in too_large:
+                ERRORS.labels(self.service, "record.too_large").inc()
+                log.error("output record refused as too large; dropped",
+                          extra={"topic": record.topic, "error": str(error)})  # fmt: skip
+            waiting = [r for r, e in refused if e.code() != KafkaError.MSG_SIZE_TOO_LARGE]
+            if not waiting:
+                break
+            PRODUCE_RETRIES.labels(self.service).inc()
+            delay = self.produce_backoff.next()
+            log.warning(
+                "output not acknowledged by Kafka; producing it again",
+                extra={"records": len(waiting), "error": str(refused[0][1]), "retry_in_s": delay},
+            )
+            HEALTH.degraded(self.service, "kafka.produce", str(refused[0][1]))
+            if self.stop_event.wait(delay):
+                return False
+        self.produce_backoff.reset()
+        HEALTH.recovered(self.service, "kafka.produce")
+        return True
+
+    def _produce_round(self, records: list[Outgoing]) -> list[tuple[Outgoing, KafkaError]] | None:
+        """Produce ``records`` once and wait for every delivery report; return the refused
+        ones, or None when the loop was stopped before Kafka answered."""
+        from herald.producer import RecordTooLarge
+
+        refused: list[tuple[Outgoing, KafkaError]] = []
+        reported = [0]
+
+        def done(record: Outgoing, error: KafkaError | None) -> None:
+            reported[0] += 1
+            if error is not None:
+                refused.append((record, error))
+
+        sent = 0
+        for record in records:
+            try:
+                self.producer.send(record, done)
+            except RecordTooLarge as exc:
+                ERRORS.labels(self.service, exc.error_class).inc()
+                log.error(
+                    "output record can never be produced; dropped",
+                    extra={"topic": record.topic, "error": exc.message},
+                )
+                continue
+            sent += 1
             RECORDS_OUT.labels(self.service, record.topic).inc()
-        if outgoing:
-            remaining = self.producer.flush(30)
-            if remaining or failures:
-                # Not acknowledged: do not commit; the batch is processed again after restart.
-                raise KafkaException(failures[0] if failures else "produce flush timed out")
+        # librdkafka reports every record within message.timeout.ms; a broker restart is
+        # mostly waited out here, inside librdkafka's own retries.
+        while reported[0] < sent:
+            self.producer.flush(0.5)
+            if self.stop_event.is_set() and reported[0] < sent:
+                self.producer.flush(5)
+                if reported[0] < sent:
+                    return None
+        return refused
