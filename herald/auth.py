@@ -58,6 +58,7 @@ from fastapi.security import (
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from herald.identity import MAX_ID_LENGTH
 from herald.limits import RateLimiter, retry_after
 from herald.webapi import Problem
 
@@ -70,8 +71,8 @@ LOCAL_USER_TOKEN_SECRET: Final = "herald-local-user-token-secret"
 #: Shortest admin key and token secret accepted: guessing must stay out of reach.
 MIN_SECRET_LENGTH: Final = 16
 
-#: Longest user id accepted in a user path (the ingest API's limit).
-MAX_USER_ID_LENGTH: Final = 255
+#: Longest user id accepted in a user path: the one id limit of herald.identity.
+MAX_USER_ID_LENGTH: Final = MAX_ID_LENGTH
 
 API_KEY_HEADER: Final = "X-API-Key"
 USER_TOKEN_HEADER: Final = "X-User-Token"

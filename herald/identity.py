@@ -3,11 +3,26 @@
 ``notification_id = uuid5(event_id, user_id)`` and ``delivery_id = uuid5(notification_id,
 channel)``: a re-sent event yields the same notification and delivery ids, and PostgreSQL's
 unique keys on them turn a duplicate into an upsert instead of a second row or a second send.
+
+Ids are bounded: :data:`MAX_ID_LENGTH` characters for every id Herald is given (user ids, event
+ids, event type codes, idempotency keys), enforced by the ingest API (422) and by the router
+for records written straight to Kafka (``record.invalid_id`` on the events DLQ), so that no id
+reaches PostgreSQL that its btree indexes cannot hold.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import Final
+
+#: Longest id accepted anywhere. A PostgreSQL btree index entry must fit in about a third of
+#: an 8 KB page (2,704 bytes); a longer ``user_id`` made inapp_store's every insert of its
+#: batch fail, forever. 255 characters are at most 1,020 bytes of UTF-8: the indexes holding
+#: a user id (with a timestamp and a uuid beside it) stay far below the limit.
+MAX_ID_LENGTH: Final = 255
+#: Most recipients one event may name: the ingest API's default and the router's hard limit
+#: (an event naming more goes to the events DLQ as ``record.too_many_recipients``).
+MAX_RECIPIENTS: Final = 10_000
 
 #: Namespace for event ids that are not UUIDs themselves (producers may use any string).
 HERALD_NAMESPACE = uuid.UUID("6f1c2f0e-52a8-4b8e-9d0c-2f6f3c1a9e11")
@@ -35,3 +50,14 @@ def derived_event_id(event_id: str, purpose: str) -> str:
     """The id of an event Herald derives from another (e.g. the ``security.login_alert`` a
     ``user.login`` raises): the same source event always derives the same event."""
     return str(uuid.uuid5(event_uuid(event_id), purpose))
+
+
+def check_id_length(value: str, what: str) -> str:
+    """``value`` if it is 1 to :data:`MAX_ID_LENGTH` characters long; else ``ValueError``
+    naming ``what`` it is (``user id``, ``event id``...) and showing only its start."""
+    if not 1 <= len(value) <= MAX_ID_LENGTH:
+        shown = value if len(value) <= 40 else f"{value[:40]}…"
+        raise ValueError(
+            f"{what} {shown!r} has {len(value)} characters; ids have 1 to {MAX_ID_LENGTH}"
+        )
+    return value

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from herald.identity import MAX_RECIPIENTS
+
 
 class IngestSettings(BaseSettings):
     """Limits and timeouts of the ingest API."""
@@ -19,8 +21,9 @@ class IngestSettings(BaseSettings):
     host: str = "127.0.0.1"
     #: Most events one ``POST /v1/events`` may carry; more is answered 413.
     max_batch_events: int = Field(default=1000, ge=1, le=100_000)
-    #: Most recipients one event may name.
-    max_recipients: int = Field(default=10_000, ge=1)
+    #: Most recipients one event may name (more is 422); never more than the router's hard
+    #: limit (herald.identity.MAX_RECIPIENTS), past which it dead-letters the event.
+    max_recipients: int = Field(default=MAX_RECIPIENTS, ge=1, le=MAX_RECIPIENTS)
     #: How long a request waits for Kafka to acknowledge its records before answering 503.
     publish_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: How long /readyz waits for PostgreSQL and Kafka to answer.

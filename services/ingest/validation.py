@@ -21,7 +21,7 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 
 from herald import templates
 from herald.auth import check_user_id as check_user_id  # the shared rule, re-exported
-from herald.identity import HERALD_NAMESPACE
+from herald.identity import HERALD_NAMESPACE, MAX_ID_LENGTH
 
 #: Event type codes: lower case, starting with a letter, 2 to 64 characters.
 EVENT_TYPE_CODE = re.compile(r"[a-z][a-z0-9_.-]{1,63}")
@@ -39,8 +39,6 @@ _EMAIL = re.compile(
 #: BCP 47 language tags, loosely: a language, then subtags (``en``, ``fr-CA``, ``zh-Hant-TW``).
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 _HOUR_MINUTE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
-#: Longest id (user id, idempotency key) accepted.
-MAX_ID_LENGTH = 255
 
 #: Delivery channels an event type may use.
 Channel = Literal["inapp", "email", "sms"]

@@ -11,8 +11,11 @@
   :func:`held_rows`: the held deliveries as ``held_delivery`` rows (services.router.holds).
 
 Every error a record can cause is a :class:`herald.errors.PermanentError` with a stable
-``error_class`` (``serde.*``, ``event_type.*``, ``user.unknown``, ``template.*``): the agents
-send the record to the events DLQ with it.
+``error_class`` (``serde.*``, ``record.*``, ``event_type.*``, ``user.unknown``,
+``template.*``): the agents send the record to the events DLQ with it. Records are bounded
+before anything else reads them: ids of 1 to ``MAX_ID_LENGTH`` (255) characters
+(``record.invalid_id``) and at most ``MAX_RECIPIENTS`` (10,000) recipients per event
+(``record.too_many_recipients``), see :func:`check_bounds`.
 
 Templates see the event's ``context`` plus these built-ins (the event's own keys win, so a
 producer that sends its own ``display_name`` gets it):
@@ -37,7 +40,13 @@ from datetime import datetime
 from typing import Any
 
 from herald.errors import PermanentError
-from herald.identity import delivery_id, notification_id
+from herald.identity import (
+    MAX_ID_LENGTH,
+    MAX_RECIPIENTS,
+    check_id_length,
+    delivery_id,
+    notification_id,
+)
 from herald.serde import (
     CorruptRecordError,
     IncompatibleSchemaError,
@@ -128,13 +137,58 @@ def decode_input(data: bytes | None, full_name: str) -> Record:
             error_class="serde.wrong_schema",
         )
     try:
-        return decode(data or b"", full_name)
+        record = decode(data or b"", full_name)
     except IncompatibleSchemaError as exc:
         raise PermanentError(str(exc), error_class="serde.incompatible") from None
     except CorruptRecordError as exc:
         raise PermanentError(str(exc), error_class="serde.corrupt") from None
     except SerdeError as exc:  # any other serde failure is still this record's fault
         raise PermanentError(str(exc), error_class="serde.error") from None
+    check_bounds(record, full_name)
+    return record
+
+
+def check_bounds(record: Mapping[str, Any], full_name: str) -> None:
+    """Refuse a decoded record Herald must not process: an id (event id, event type code,
+    actor, recipient, user id) that is empty or longer than ``MAX_ID_LENGTH`` characters
+    (``record.invalid_id``: PostgreSQL's btree indexes cannot hold any length), or an event
+    naming more than ``MAX_RECIPIENTS`` recipients (``record.too_many_recipients``: one
+    event's fan-out must stay bounded). Anyone can write to the public events topic, so the
+    ingest API's checks are not enough."""
+    if full_name == EVENT:
+        _check_event(record)
+    elif full_name == RECIPIENT_EVENT:
+        _check_id(record["user_id"], "user_id")
+        _check_event(record["event"])
+    elif full_name in (USER, PREFERENCES):
+        _check_id(record["user_id"], "user_id")
+    elif full_name == EVENT_TYPE:
+        _check_id(record["code"], "event type code")
+
+
+def _check_event(event: Mapping[str, Any]) -> None:
+    _check_id(event["event_id"], "event_id")
+    _check_id(event["event_type"], "event_type")
+    if event.get("actor_id") is not None:
+        _check_id(event["actor_id"], "actor_id")
+    recipients = event.get("recipients") or ()
+    if len(recipients) > MAX_RECIPIENTS:
+        raise PermanentError(
+            f"the event names {len(recipients)} recipients; at most {MAX_RECIPIENTS} per "
+            "event (split it into several events)",
+            error_class="record.too_many_recipients",
+        )
+    for user_id in recipients:
+        # Empty ids are dropped by expand(); only over-long ones are refused.
+        if len(user_id) > MAX_ID_LENGTH:
+            _check_id(user_id, "recipient")
+
+
+def _check_id(value: str, what: str) -> None:
+    try:
+        check_id_length(value, what)
+    except ValueError as exc:
+        raise PermanentError(str(exc), error_class="record.invalid_id") from None
 
 
 # --- stage 1: events into recipients --------------------------------------------------------
