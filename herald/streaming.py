@@ -18,7 +18,25 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter
 
-from herald.errors import ProcessingError, RetryableError
+from herald.errors import PermanentError, ProcessingError, RetryableError
+
+# The H_* header names are imported from here by many modules, so they are kept importable.
+from herald.headers import (
+    H_ATTEMPT,
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_FIRST_FAILED_AT,
+    H_NOT_BEFORE,
+    H_ORIGINAL_OFFSET,
+    H_ORIGINAL_PARTITION,
+    H_ORIGINAL_TOPIC,
+    H_REPLAY_COUNT,
+    HEADERS_INVALID,
+    garbled_name,
+    headers_text,
+    read_headers,
+    write_headers,
+)
 from herald.metrics import (
     BATCH_SIZE,
     ERRORS,
@@ -46,16 +64,6 @@ PRODUCE_RETRIES = Counter(
     "Batches whose output Kafka did not acknowledge, produced again after a pause",
     ["service"],
 )
-
-H_ATTEMPT = "x-attempt"
-H_NOT_BEFORE = "x-not-before"
-H_ORIGINAL_TOPIC = "x-original-topic"
-H_ORIGINAL_PARTITION = "x-original-partition"
-H_ORIGINAL_OFFSET = "x-original-offset"
-H_ERROR_CLASS = "x-error-class"
-H_ERROR_MESSAGE = "x-error-message"
-H_FIRST_FAILED_AT = "x-first-failed-at"
-H_REPLAY_COUNT = "x-replay-count"
 
 
 def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
@@ -92,14 +100,9 @@ def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> di
 
 
 def headers_dict(message: Message) -> dict[str, str]:
-    """A record's headers as text (the last value wins for a repeated name)."""
-    out: dict[str, str] = {}
-    raw = message.headers() or []
-    for name, value in raw.items() if isinstance(raw, dict) else raw:
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        out[name] = value or ""
-    return out
+    """A record's headers as text (the last value wins for a repeated name): for display and
+    tests; decisions read typed values through :func:`herald.headers.read_headers`."""
+    return headers_text(message.headers())
 
 
 @dataclass
@@ -110,6 +113,16 @@ class Outgoing:
     key: str | bytes | None
     value: bytes | None
     headers: list[tuple[str, str | bytes | None]] = field(default_factory=list)
+    #: For a retry or dead-letter record (:func:`failure_record`): the consumed record it
+    #: stands for, and its dead-letter topic. The batch loop uses them to count records going
+    #: to the DLQ (the flood guard) and to park a copy that is too large to produce.
+    origin: Message | None = field(default=None, repr=False, compare=False)
+    dlq_topic: str | None = None
+
+    @property
+    def dead_letter(self) -> bool:
+        """A record on its way to a dead-letter topic."""
+        return self.dlq_topic is not None and self.topic == self.dlq_topic
 
 
 #: A producer delivery report: the error (None when acknowledged) and the message.
@@ -147,30 +160,50 @@ def failure_record(
     On a retry tier ``x-attempt`` is the number of the next attempt; on the DLQ it is the
     number of attempts made. The original topic/partition/offset and the first failure time
     survive every hop, so an operator sees the record's whole story.
+
+    Never raises on the record's headers: a record whose ``x-*`` headers cannot be read is
+    poison on its own and goes to the DLQ as ``headers.invalid`` (the message names each
+    unreadable header and value, then the error it met, if any); its unreadable values are kept
+    under ``x-garbled-*`` and the typed headers written anew (see :mod:`herald.headers`).
     """
     now = time.time() if now is None else now
-    old = headers_dict(message)
-    attempt = int(old.get(H_ATTEMPT, "1"))
+    old = read_headers(message.headers())
+    if old.problems:
+        reason = old.problem_message()
+        if error.error_class != HEADERS_INVALID:
+            reason += f" (and it failed with {error.error_class}: {error.message})"
+        error = PermanentError(reason, error_class=HEADERS_INVALID)
+    attempt = old.attempt or 1
     limit = max_attempts if max_attempts is not None else len(retry_topics) + 1
-    headers = {
-        **old,
-        H_ATTEMPT: str(attempt + 1),
-        H_ORIGINAL_TOPIC: old.get(H_ORIGINAL_TOPIC, message.topic() or ""),
-        H_ORIGINAL_PARTITION: old.get(H_ORIGINAL_PARTITION, str(message.partition())),
-        H_ORIGINAL_OFFSET: old.get(H_ORIGINAL_OFFSET, str(message.offset())),
+    updates: dict[str, str | bytes | int | float | None] = {
+        H_ATTEMPT: attempt + 1,
+        H_ORIGINAL_TOPIC: old.original_topic or message.topic() or "",
+        H_ORIGINAL_PARTITION: (
+            old.original_partition
+            if old.original_partition is not None
+            else message.partition() or 0
+        ),
+        H_ORIGINAL_OFFSET: (
+            old.original_offset if old.original_offset is not None else message.offset() or 0
+        ),
         H_ERROR_CLASS: error.error_class,
-        H_ERROR_MESSAGE: error.message[:1000],
-        H_FIRST_FAILED_AT: old.get(H_FIRST_FAILED_AT, f"{now:.3f}"),
+        H_ERROR_MESSAGE: error.message,
+        H_FIRST_FAILED_AT: old.first_failed_at if old.first_failed_at is not None else now,
+        H_REPLAY_COUNT: old.replay_count,
+        **{garbled_name(name): value for name, value in old.garbled.items()},
     }
     tier = attempt - 1  # attempt 1 failed -> retry-1, attempt 2 failed -> retry-2, ...
     if isinstance(error, RetryableError) and attempt < limit and tier < len(retry_topics):
-        headers[H_NOT_BEFORE] = f"{now + retry_delays_ms[tier] / 1000:.3f}"
+        updates[H_NOT_BEFORE] = now + retry_delays_ms[tier] / 1000
         topic = retry_topics[tier]
     else:
-        headers[H_ATTEMPT] = str(attempt)
-        headers.pop(H_NOT_BEFORE, None)
+        updates[H_ATTEMPT] = attempt
+        updates[H_NOT_BEFORE] = None
         topic = dlq_topic
-    return Outgoing(topic, message.key(), message.value(), [(k, v) for k, v in headers.items()])
+    headers = write_headers(old.raw, updates)
+    return Outgoing(
+        topic, message.key(), message.value(), headers, origin=message, dlq_topic=dlq_topic
+    )
 
 
 @dataclass
@@ -194,17 +227,19 @@ BatchHandler = Callable[[list[Message]], "list[Outgoing] | Handled"]
 NotBefore = Callable[[Message], float | None]
 
 
+#: A not-before further ahead than this is not a retry delay but garbage: ignored.
+MAX_NOT_BEFORE_AHEAD_S = 7 * 86400.0
+
+
 def header_not_before(message: Message) -> float | None:
     """The record's ``x-not-before`` (epoch seconds), or None when absent or unreadable."""
-    value = headers_dict(message).get(H_NOT_BEFORE)
-    if not value:
+    headers = read_headers(message.headers())
+    when = headers.not_before
+    if when is not None and when > time.time() + MAX_NOT_BEFORE_AHEAD_S:
+        # A mangled header must not park a partition for ever; process the record now.
+        log.warning("ignoring %s %.3f: further ahead than any retry tier", H_NOT_BEFORE, when)
         return None
-    try:
-        return float(value)
-    except ValueError:
-        # A mangled header must not park a partition forever; process the record now.
-        log.warning("ignoring unreadable %s header %r", H_NOT_BEFORE, value)
-        return None
+    return when
 
 
 @dataclass(frozen=True)
