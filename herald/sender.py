@@ -47,19 +47,17 @@ from sqlalchemy import Connection, Engine, text
 
 from herald.db import make_engine
 from herald.errors import PermanentError, ProcessingError, RetryableError
+from herald.headers import HEADERS_INVALID, header_problems, read_headers
 from herald.metrics import DELIVERIES, ERRORS
 from herald.serde import SerdeError, decode
 from herald.settings import KafkaSettings, Settings
 from herald.status import status_event, status_outgoing
 from herald.streaming import (
-    H_ATTEMPT,
-    H_REPLAY_COUNT,
     BatchLoop,
     Handled,
     Outgoing,
     failure_record,
     header_not_before,
-    headers_dict,
 )
 from schemas import CATALOGUE, Catalogue
 
@@ -197,23 +195,25 @@ class SenderRoutes:
 
 
 def replay_count_of(message: Message) -> int:
-    """How often an operator replayed the record (``x-replay-count``; 0 when absent)."""
-    try:
-        return max(0, int(headers_dict(message).get(H_REPLAY_COUNT, "0")))
-    except ValueError:
-        return 0
+    """How often an operator replayed the record (``x-replay-count``; 0 when absent or
+    unreadable: :func:`decode_request` refuses a record with unreadable headers anyway)."""
+    return read_headers(message.headers()).replay_count or 0
 
 
 def attempt_of(message: Message) -> int:
     """The attempt number a record carries (``x-attempt``; 1 when absent or unreadable)."""
-    try:
-        return max(1, int(headers_dict(message).get(H_ATTEMPT, "1")))
-    except ValueError:
-        return 1
+    return read_headers(message.headers()).attempt or 1
 
 
 def decode_request(message: Message, channel: str) -> dict[str, Any]:
-    """The record's ``herald.DeliveryRequest``; PermanentError when it is not a valid one."""
+    """The record's ``herald.DeliveryRequest``; PermanentError when it is not a valid one, or
+    when its ``x-*`` headers cannot be read (``headers.invalid``: the attempt, the retry time
+    and the replay count would be guesses, so the record is parked, not sent)."""
+    problems = header_problems(message.headers())
+    if problems:
+        raise PermanentError(
+            "unreadable header " + "; ".join(problems), error_class=HEADERS_INVALID
+        )
     value = message.value()
     if not value:
         raise PermanentError("empty record value", error_class="decode.empty")
