@@ -69,8 +69,11 @@ class Component:
     default_address = ""
     start_timeout = 60.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, private: bool = False) -> None:
         self.settings = settings
+        #: A private stack (the chaos suite's, on its own ports and folder) is always ours to
+        #: run, whatever the environment variables of this process say.
+        self.private = private
         self.dir = settings.local.local_dir / self.name
         self.pidfile = self.dir / f"{self.name}.pid"
         self.log = self.dir / f"{self.name}.log"
@@ -88,6 +91,8 @@ class Component:
     @property
     def managed(self) -> bool:
         """Ours to run, unless its environment variable points at another address."""
+        if self.private:
+            return True
         value = os.environ.get(self.env_var)
         return value is None or value == self.default_address
 
@@ -137,6 +142,13 @@ class Kafka(Component):
     default_address = f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
     start_timeout = 90.0
 
+    def __init__(
+        self, settings: Settings, *, private: bool = False, libs: Path | None = None
+    ) -> None:
+        super().__init__(settings, private=private)
+        #: Where the jars are; a private stack reuses the shared stack's instead of refetching.
+        self._libs = libs
+
     @property
     def host_port(self) -> tuple[str, int]:
         return self.settings.kafka.first_address
@@ -147,7 +159,7 @@ class Kafka(Component):
 
     @property
     def libs(self) -> Path:
-        return self.dir / "libs"
+        return self._libs or self.dir / "libs"
 
     def detail(self) -> str:
         return f"Apache Kafka {kafka_version()} (KRaft)"
@@ -312,6 +324,8 @@ class Postgres(Component):
 
     @property
     def managed(self) -> bool:
+        if self.private:
+            return True
         value = os.environ.get(self.env_var)
         return value is None or self.settings.database.database_url == self.default_address
 
@@ -466,6 +480,17 @@ class Sms(Component):
         )  # fmt: skip
 
 
-def components(settings: Settings) -> list[Component]:
-    """The stack's parts in start order."""
-    return [Postgres(settings), Kafka(settings), Smtp(settings), Sms(settings)]
+def components(
+    settings: Settings, *, private: bool = False, kafka_libs: Path | None = None
+) -> list[Component]:
+    """The stack's parts in start order.
+
+    ``private``: a stack of its own (ports and folder from ``settings``), always run here
+    whatever the environment says; ``kafka_libs``: jars to reuse instead of fetching them.
+    """
+    return [
+        Postgres(settings, private=private),
+        Kafka(settings, private=private, libs=kafka_libs),
+        Smtp(settings, private=private),
+        Sms(settings, private=private),
+    ]

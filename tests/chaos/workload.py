@@ -1,0 +1,277 @@
+"""What the chaos run publishes and what it therefore expects at the sinks.
+
+Users and event types go to their compacted topics (as ingest writes them). Events go to
+``herald.events.v1`` through a plain confluent-kafka producer with the example producer's
+``encode_event`` (the public contract, no Herald code). Every acknowledged event adds its
+expected (event, user, channel) triples; ids follow herald.identity (uuid5).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from examples.publish_event import encode_event
+from herald.identity import delivery_id, notification_id
+from herald.serde import encode
+from herald.settings import KafkaSettings
+from herald.streaming import H_ATTEMPT, H_NOT_BEFORE
+from schemas import Catalogue
+
+#: Event types of the run: code → channels. Each template names ``n`` (the event's number)
+#: and ``excerpt`` (empty, except in the oversize event).
+EVENT_TYPES: dict[str, list[str]] = {
+    "chaos.all": ["inapp", "email", "sms"],
+    "chaos.mail": ["inapp", "email"],
+    "chaos.text": ["sms"],
+    "chaos.broadcast": ["inapp"],
+}
+#: How often each type is chosen for an ordinary event.
+MIX = (("chaos.all", 5), ("chaos.mail", 3), ("chaos.text", 2))
+#: SMS numbers of the users whose SMS fail during the provider outage (a prefix of their own,
+#: so the outage is scoped and the senders' breaker does not trip for everyone).
+OUTAGE_PREFIX = "+1555200"
+NORMAL_PREFIX = "+1555100"
+#: An excerpt this long is HTML-escaped five-fold into the email body: over 1 MB.
+OVERSIZE_EXCERPT = 200_000
+
+Triple = tuple[str, str, str]  # (event_id, user_id, channel)
+
+
+def _templates(channels: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for channel in channels:
+        if channel == "sms":
+            out[channel] = {"title": "", "body": "Chaos {{ n }}", "html": None}
+        elif channel == "email":
+            out[channel] = {
+                "title": "Chaos {{ n }}",
+                "body": "Event {{ n }} {{ excerpt }}",
+                "html": "<p>Event {{ n }}</p><p>{{ excerpt }}</p>",
+            }
+        else:
+            out[channel] = {"title": "Chaos {{ n }}", "body": "Event {{ n }} {{ excerpt }}"}
+            out[channel]["html"] = None
+    return out
+
+
+@dataclass
+class User:
+    user_id: str
+    email: str
+    phone: str
+
+
+@dataclass
+class Special:
+    """A record the run injects on purpose, and whether it must end on a DLQ."""
+
+    kind: str
+    key: str
+    parked_expected: bool
+
+
+@dataclass
+class Workload:
+    """The run's users, and every event Kafka acknowledged with what it should produce."""
+
+    users: int = 200
+    bulk_recipients: int = 0
+    seed: int = 7
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    people: list[User] = field(default_factory=list)
+    bulk: list[str] = field(default_factory=list)
+    #: (event, user, channel) → the id the sink is checked for (delivery id; for in-app the
+    #: notification id, which is the inbox row's primary key).
+    expected: dict[Triple, str] = field(default_factory=dict)
+    #: event id → its kind ("event", "oversize", "bulk", "probe").
+    events: dict[str, str] = field(default_factory=dict)
+    specials: list[Special] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+        for i in range(self.users):
+            outage = i % 10 == 9  # one user in ten is in the SMS outage's number range
+            prefix = OUTAGE_PREFIX if outage else NORMAL_PREFIX
+            self.people.append(
+                User(f"c{i}-{self.run}", f"c{i}-{self.run}@chaos.test", f"{prefix}{i:04d}")
+            )
+        self.bulk = [f"b{i}-{self.run}" for i in range(self.bulk_recipients)]
+
+    # --- set-up ----------------------------------------------------------------------------
+
+    def seed_topics(self, kafka: KafkaSettings, catalogue: Catalogue) -> None:
+        """Event types and users on their compacted topics, acknowledged."""
+        producer = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                             "partitioner": "murmur2_random", "linger.ms": 20})  # fmt: skip
+        now = datetime.now(UTC)
+        for code, channels in EVENT_TYPES.items():
+            record = {"code": code, "name": code, "channels": channels,
+                      "templates": _templates(channels), "updated_at": now}  # fmt: skip
+            producer.produce(catalogue.event_types.name, key=code,
+                             value=encode("herald.EventType", record))  # fmt: skip
+        contacts: list[tuple[str, str | None, str | None]]
+        contacts = [(u.user_id, u.email, u.phone) for u in self.people]
+        contacts += [(b, None, None) for b in self.bulk]
+        for user_id, email, phone in contacts:
+            record = {"user_id": user_id, "email": email, "phone": phone, "updated_at": now}
+            producer.produce(catalogue.users.name, key=user_id,
+                             value=encode("herald.User", record))  # fmt: skip
+            producer.poll(0)
+        if producer.flush(60):
+            raise RuntimeError("Kafka did not acknowledge the users and event types")
+
+    # --- events ----------------------------------------------------------------------------
+
+    def ordinary(self, n: int) -> dict[str, Any]:
+        code = self.random.choices([c for c, _ in MIX], [w for _, w in MIX])[0]
+        recipients = [u.user_id for u in self.random.sample(self.people, self.random.randint(1, 3))]
+        return self.event(code, recipients, n)
+
+    def event(self, code: str, recipients: list[str], n: int, excerpt: str = "") -> dict[str, Any]:
+        return {
+            "event_id": str(uuid.uuid4()),
+            "event_type": code,
+            "occurred_at": datetime.now(UTC),
+            "producer": "chaos",
+            "actor_id": None,
+            "recipients": recipients,
+            "context": {"n": str(n), "excerpt": excerpt},
+            "metadata": {},
+        }
+
+    def acknowledged(self, event: dict[str, Any], kind: str) -> None:
+        """Kafka took ``event``: expect its deliveries."""
+        with self.lock:
+            self.events[event["event_id"]] = kind
+            for user in event["recipients"]:
+                notification = notification_id(event["event_id"], user)
+                for channel in EVENT_TYPES[event["event_type"]]:
+                    key = (event["event_id"], user, channel)
+                    self.expected[key] = (
+                        notification if channel == "inapp" else delivery_id(notification, channel)
+                    )
+
+
+class Publisher:
+    """Publishes the workload's events at a steady rate in a thread; progress = events Kafka
+    acknowledged. Special records (poison, oversize, bulk) are injected on request."""
+
+    def __init__(self, kafka: KafkaSettings, catalogue: Catalogue, workload: Workload,
+                 total: int, rate: float) -> None:  # fmt: skip
+        self.topic = catalogue.events.name
+        self.workload = workload
+        self.total = total
+        self.rate = rate
+        # The public contract's producer: murmur2 keys as Java and Herald do; idempotent so a
+        # broker restart does not write an event twice (Herald would de-duplicate it anyway).
+        self.producer = Producer({
+            "bootstrap.servers": kafka.bootstrap_servers, "partitioner": "murmur2_random",
+            "enable.idempotence": True, "linger.ms": 5, "message.max.bytes": 2_000_000,
+        })  # fmt: skip
+        self.acked = 0
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="chaos-publisher", daemon=True)
+
+    def progress(self) -> float:
+        return self.acked / self.total if self.total else 1.0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _produce(self, key: bytes | str, value: bytes, on_ack: Any,
+                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:  # fmt: skip
+        while not self.stop.is_set():
+            try:
+                self.producer.produce(self.topic, key=key, value=value, headers=headers,
+                                      on_delivery=on_ack)  # fmt: skip
+                return
+            except BufferError:
+                self.producer.poll(0.1)  # the broker is away: wait for room, never drop
+
+    def publish(self, event: dict[str, Any], kind: str) -> None:
+        def on_ack(err: KafkaError | None, _message: Message) -> None:
+            if err is None:
+                self.workload.acknowledged(event, kind)
+                if kind == "event":
+                    with self.workload.lock:
+                        self.acked += 1
+            else:
+                self.failed.append(f"{event['event_id']}: {err}")
+
+        self._produce(event["event_id"], encode_event(event), on_ack)
+        self.producer.poll(0)
+
+    def inject(
+        self, kind: str, key: str, value: bytes, headers: list[tuple[str, str | bytes | None]]
+    ) -> None:
+        self.workload.specials.append(Special(kind, key, parked_expected=True))
+        self._produce(key, value, None, headers)
+        self.producer.poll(0)
+
+    def _run(self) -> None:
+        began = time.monotonic()
+        for n in range(self.total):
+            if self.stop.is_set():
+                return
+            delay = began + n / self.rate - time.monotonic()
+            if delay > 0:
+                self.producer.poll(delay)
+            self.publish(self.workload.ordinary(n), "event")
+        while self.producer.flush(1) and not self.stop.is_set():
+            pass
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.producer.flush(30)
+
+
+# --- the special records ------------------------------------------------------------------
+
+
+def poison(publisher: Publisher, run: str) -> None:
+    """Two poison records: an event of an unknown type with a garbled ``x-attempt`` header
+    (issue 9, item 1), and bytes that are not Avro with garbage headers."""
+    workload = publisher.workload
+    garbled: list[tuple[str, str | bytes | None]] = [(H_ATTEMPT, b"x"), (H_NOT_BEFORE, b"\xff-")]
+    event = workload.event("chaos.unknown-type", [workload.people[0].user_id], -1)
+    event["event_id"] = f"poison-unknown-type-{run}"
+    publisher.inject("poison (unknown type, x-attempt: x)", event["event_id"],
+                     encode_event(event), garbled)  # fmt: skip
+    garbage: list[tuple[str, str | bytes | None]] = [(H_ATTEMPT, b"\xff"), ("x-\xff", b"")]
+    publisher.inject("poison (not Avro, garbage headers)", f"poison-bytes-{run}",
+                     b"\x00\xffnot avro at all\xc3", garbage)  # fmt: skip
+
+
+def oversize(publisher: Publisher) -> None:
+    """An event whose email body, HTML-escaped, is over a megabyte (issue 9, item 6)."""
+    workload = publisher.workload
+    event = workload.event("chaos.all", [workload.people[1].user_id], -2, '"' * OVERSIZE_EXCERPT)
+    publisher.publish(event, "oversize")
+
+
+def bulk(publisher: Publisher) -> None:
+    """One in-app event to every bulk recipient (10,000 in the full run)."""
+    workload = publisher.workload
+    publisher.publish(workload.event("chaos.broadcast", list(workload.bulk), -3), "bulk")
+
+
+def probe(publisher: Publisher) -> str:
+    """One ordinary event to user 0 on every channel (to see that the pipeline is up)."""
+    workload = publisher.workload
+    event = workload.event("chaos.all", [workload.people[0].user_id], -4)
+    publisher.publish(event, "probe")
+    return str(event["event_id"])
