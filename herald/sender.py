@@ -31,24 +31,27 @@ sender backs off — doubling up to a ceiling — trying one record at a time un
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import Message
 from prometheus_client import Counter, Gauge
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from herald.db import make_engine
 from herald.errors import PermanentError, ProcessingError, RetryableError
 from herald.headers import HEADERS_INVALID, header_problems, read_headers
-from herald.metrics import DELIVERIES, ERRORS
+from herald.metrics import DELIVERIES, ERRORS, HEALTH, Backoff
 from herald.serde import SerdeError, decode
 from herald.settings import KafkaSettings, Settings
 from herald.status import status_event, status_outgoing
@@ -62,6 +65,8 @@ from herald.streaming import (
 from schemas import CATALOGUE, Catalogue
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 REQUEST_SCHEMA = "herald.DeliveryRequest"
 #: Delivery states after which a delivery must never be sent again.
@@ -77,6 +82,16 @@ DUPLICATES_SKIPPED = Counter(
 CIRCUIT_OPEN = Gauge(
     "herald_sender_circuit_open",
     "1 while the sender backs off from a provider that fails every request",
+    ["channel"],
+)
+JOURNAL_RETRIES = Counter(
+    "herald_sender_journal_retries_total",
+    "Send-journal statements tried again after the database connection was lost",
+    ["service"],
+)
+CLAIMS_LOST = Counter(
+    "herald_sender_claims_lost_total",
+    "Deliveries not sent because another sender holds the claim (a duplicate in flight)",
     ["channel"],
 )
 CIRCUIT_TRIPS = Counter(
@@ -108,7 +123,16 @@ class SendJournal(Protocol):
         """The journal's entries for those of ``delivery_ids`` it knows (one query)."""
         ...
 
-    def claim(self, delivery_id: str, channel: str, attempt: int) -> None: ...
+    def claim(
+        self, delivery_id: str, channel: str, attempt: int, seen: JournalEntry | None = None
+    ) -> bool:
+        """Claim the delivery; False when someone else holds (or just took) the claim.
+
+        ``seen`` is the entry :meth:`states` returned: with None the claim is taken only if
+        there is none; with an unconfirmed (``sending``) entry, only if it is still that one.
+        Two senders handling copies of one delivery therefore never both win.
+        """
+        ...
 
     def confirm(self, delivery_id: str, provider_message_id: str) -> None: ...
 
@@ -124,6 +148,8 @@ class JournalEntry:
 
     state: str
     provider_message_id: str | None = None
+    #: The token of the claim (``sending``), compared when a sender takes the claim over.
+    claim_token: str | None = None
 
 
 @dataclass
@@ -371,7 +397,15 @@ class SenderHandler:
                 error_class="sender.batch_budget",
             )
             return self._failed(message, request, attempt, error)
-        self.journal.claim(delivery_id, self.routes.channel, attempt)
+        if not self.journal.claim(delivery_id, self.routes.channel, attempt, entry):
+            # Another sender claimed it after this batch read the journal: a copy of the
+            # delivery (a re-published record, a partition handed over in a rebalance) is
+            # being sent there. That sender reports its outcome; sending here could only
+            # duplicate it. If it dies mid-send, its own copy comes again to whoever takes its
+            # partition and finds the unconfirmed claim.
+            CLAIMS_LOST.labels(self.routes.channel).inc()
+            log.info("claimed by another sender; skipped", extra={"delivery_id": delivery_id})
+            return []
         try:
             provider_id = self.send(request)
         except ProcessingError as exc:
@@ -456,6 +490,10 @@ class SenderHandler:
         )
 
 
+class JournalStopped(RuntimeError):
+    """The sender was stopped while the journal waited for its database."""
+
+
 class PostgresJournal:
     """:class:`SendJournal` in PostgreSQL (``send_journal``), one autocommit statement per
     claim or confirmation.
@@ -464,11 +502,30 @@ class PostgresJournal:
     nothing (the server has the row), and only a crash of PostgreSQL itself within its
     ~0.6 s WAL-writer window could forget a claim. That trade keeps a send at two cheap round
     trips instead of two disk flushes.
+
+    A lost connection (PostgreSQL restarting, a failover, ``AdminShutdown``) is never fatal:
+    the statement is tried again on a new connection after a growing pause (``backoff``), for
+    as long as it takes, with ``herald_service_degraded{reason="database"}`` set meanwhile;
+    only ``stop`` (the loop's stop event) ends the wait, with :class:`JournalStopped` (the
+    batch is then not committed). Claims are compare-and-set on a token per claim, so a claim
+    whose answer was lost with the connection is recognised as ours when tried again.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        service: str = "sender",
+        backoff: Backoff | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.engine = engine
+        self.service = service
+        self.backoff = backoff or Backoff(0.2, 10.0)
+        self.stop = stop or threading.Event()
         self._connection: Connection | None = None
+        #: The token of each claim this sender holds and has not confirmed or released.
+        self._claims: dict[str, uuid.UUID] = {}
 
     def _conn(self) -> Connection:
         if self._connection is None or self._connection.closed:
@@ -479,53 +536,128 @@ class PostgresJournal:
 
     def close(self) -> None:
         if self._connection is not None:
-            self._connection.close()
+            with contextlib.suppress(DBAPIError):
+                self._connection.close()
             self._connection = None
+
+    def _retrying(self, work: Callable[[Connection], T], what: str) -> T:
+        """Run ``work`` on the connection; on a lost connection, reconnect and run it again."""
+        while True:
+            try:
+                result = work(self._conn())
+            except DBAPIError as exc:
+                if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+                    raise
+                if self._connection is not None:
+                    with contextlib.suppress(DBAPIError):
+                        self._connection.invalidate()
+                self.close()
+                delay = self.backoff.next()
+                detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+                HEALTH.degraded(self.service, "database", detail)
+                JOURNAL_RETRIES.labels(self.service).inc()
+                log.warning(
+                    "send journal: database unavailable; trying again",
+                    extra={"statement": what, "error": detail, "retry_in_s": delay},
+                )
+                if self.stop.wait(delay):
+                    raise JournalStopped(f"stopped while the database was away ({what})") from exc
+                continue
+            if self.backoff.current:
+                self.backoff.reset()
+                HEALTH.recovered(self.service, "database")
+            return result
 
     def states(self, delivery_ids: Collection[str]) -> dict[str, JournalEntry]:
         if not delivery_ids:
             return {}
         ids = [uuid.UUID(delivery_id) for delivery_id in delivery_ids]
-        rows = self._conn().execute(
-            text(
-                "SELECT id::text, 'recorded', provider_message_id FROM notification_delivery"
-                " WHERE id = ANY(:ids) AND status = ANY(:done)"
-                " UNION ALL SELECT delivery_id::text, state, provider_message_id"
-                " FROM send_journal WHERE delivery_id = ANY(:ids)"
-            ),
-            {"ids": ids, "done": list(DONE_STATUSES)},
+        rows = self._retrying(
+            lambda conn: conn.execute(
+                text(
+                    "SELECT id::text, 'recorded', provider_message_id, NULL::text"
+                    " FROM notification_delivery WHERE id = ANY(:ids) AND status = ANY(:done)"
+                    " UNION ALL SELECT delivery_id::text, state, provider_message_id,"
+                    " claim_token::text FROM send_journal WHERE delivery_id = ANY(:ids)"
+                ),
+                {"ids": ids, "done": list(DONE_STATUSES)},
+            ).all(),
+            "states",
         )
         found: dict[str, JournalEntry] = {}
-        for delivery_id, state, provider_id in rows:
+        for delivery_id, state, provider_id, token in rows:
             if found.get(delivery_id, JournalEntry("")).state != "recorded":
-                found[delivery_id] = JournalEntry(state, provider_id)
+                found[delivery_id] = JournalEntry(state, provider_id, token)
         return found
 
-    def claim(self, delivery_id: str, channel: str, attempt: int) -> None:
-        self._conn().execute(
-            text(
-                "INSERT INTO send_journal (delivery_id, channel, state, attempt)"
-                " VALUES (:id, :channel, 'sending', :attempt)"
-                " ON CONFLICT (delivery_id) DO UPDATE SET state = 'sending',"
-                " attempt = EXCLUDED.attempt, updated_at = now()"
-                " WHERE send_journal.state <> 'sent'"
-            ),
-            {"id": uuid.UUID(delivery_id), "channel": channel, "attempt": attempt},
-        )
+    def claim(
+        self, delivery_id: str, channel: str, attempt: int, seen: JournalEntry | None = None
+    ) -> bool:
+        key = uuid.UUID(delivery_id)
+        token = uuid.uuid4()
+        params: dict[str, Any] = {"id": key, "channel": channel, "attempt": attempt, "token": token}
+        if seen is None or seen.state != "sending":
+            # Nobody had claimed it: take it only if that is still so.
+            statement = text(
+                "INSERT INTO send_journal (delivery_id, channel, state, attempt, claim_token)"
+                " VALUES (:id, :channel, 'sending', :attempt, :token)"
+                " ON CONFLICT (delivery_id) DO NOTHING RETURNING claim_token"
+            )
+        else:
+            # Taking over an unconfirmed claim: only if it is still the one that was read.
+            statement = text(
+                "UPDATE send_journal SET attempt = :attempt, claim_token = :token,"
+                " updated_at = now() WHERE delivery_id = :id AND state = 'sending'"
+                " AND claim_token IS NOT DISTINCT FROM CAST(:seen AS uuid)"
+                " RETURNING claim_token"
+            )
+            params["seen"] = seen.claim_token
+        tried = [False]
+
+        def take(conn: Connection) -> bool:
+            if tried[0]:
+                # The last try lost its connection: it may have gone through.
+                holder = conn.execute(
+                    text("SELECT claim_token FROM send_journal WHERE delivery_id = :id"),
+                    {"id": key},
+                ).scalar()
+                if holder == token:
+                    return True
+            tried[0] = True
+            return conn.execute(statement, params).first() is not None
+
+        won = self._retrying(take, "claim")
+        if won:
+            self._claims[delivery_id] = token
+        return won
 
     def confirm(self, delivery_id: str, provider_message_id: str) -> None:
-        self._conn().execute(
-            text(
-                "UPDATE send_journal SET state = 'sent', provider_message_id = :provider,"
-                " updated_at = now() WHERE delivery_id = :id"
+        # A fact whoever holds the claim: the provider accepted it.
+        self._claims.pop(delivery_id, None)
+        self._retrying(
+            lambda conn: conn.execute(
+                text(
+                    "UPDATE send_journal SET state = 'sent', provider_message_id = :provider,"
+                    " updated_at = now() WHERE delivery_id = :id"
+                ),
+                {"id": uuid.UUID(delivery_id), "provider": provider_message_id},
             ),
-            {"id": uuid.UUID(delivery_id), "provider": provider_message_id},
+            "confirm",
         )
 
     def release(self, delivery_id: str) -> None:
-        self._conn().execute(
-            text("DELETE FROM send_journal WHERE delivery_id = :id AND state = 'sending'"),
-            {"id": uuid.UUID(delivery_id)},
+        token = self._claims.pop(delivery_id, None)
+        if token is None:
+            return  # not our claim: never release someone else's
+        self._retrying(
+            lambda conn: conn.execute(
+                text(
+                    "DELETE FROM send_journal WHERE delivery_id = :id AND state = 'sending'"
+                    " AND claim_token = :token"
+                ),
+                {"id": uuid.UUID(delivery_id), "token": token},
+            ),
+            "release",
         )
 
 
@@ -542,11 +674,14 @@ def run_sender(
     breaker: Breaker | None = None,
     batch_budget_seconds: float = 0,
     consumer_overrides: Mapping[str, Any] | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Run a sender until SIGTERM/SIGINT; return the exit status (0 stopped, 2 crashed).
 
     The consumer group is the service name under the topic prefix, so isolated deployments
     (and tests) never share a group. SIGTERM finishes the current batch, commits and exits.
+    ``stop`` (shared with the journal, so a wait for the database ends on SIGTERM too)
+    becomes the loop's stop event.
     """
     routes = SenderRoutes.for_channel(catalogue, channel)
     handler = SenderHandler(
@@ -569,12 +704,17 @@ def run_sender(
         consumer_overrides=dict(consumer_overrides or {}),
         not_before=header_not_before,
     )
+    if stop is not None:
+        loop.stop_event = stop
     loop.install_signal_handlers()
     log.info(
         "%s consuming", service, extra={"topics": routes.topics, "dlq_topic": routes.dlq_topic}
     )
     try:
         loop.run()
+    except JournalStopped:
+        log.info("%s stopped while waiting for the database; the batch is not committed", service)
+        return 0
     except Exception:
         # Infrastructure trouble (database, broker): stop without committing, so the batch is
         # consumed again after a restart; log it as JSON like everything else.
@@ -627,7 +767,8 @@ def serve_channel(
     """A channel sender's main loop: ``run_sender`` with the settings every sender shares,
     then ``close`` (the provider connection) and the database pool, however it ended."""
     engine = make_engine(settings.database, pool_size=1, max_overflow=1)
-    journal = PostgresJournal(engine)
+    stop = threading.Event()
+    journal = PostgresJournal(engine, service=service, stop=stop)
     try:
         return run_sender(
             service=service,
@@ -640,6 +781,7 @@ def serve_channel(
             resend_uncertain=resend_uncertain,
             breaker=own.breaker(),
             batch_budget_seconds=own.batch_budget_seconds,
+            stop=stop,
         )
     finally:
         close()

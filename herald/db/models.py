@@ -323,6 +323,8 @@ class SendJournal(Base):
     attempt: Mapped[int] = mapped_column(Integer())
     provider_message_id: Mapped[str | None]
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    #: Who holds the claim (a token per claim): claims are compare-and-set on it.
+    claim_token: Mapped[uuid.UUID | None]
 
 
 class KnownDevice(Base):

@@ -121,9 +121,14 @@ class Journal:
         self.calls.append(("states", set(delivery_ids)))
         return {i: e for i, e in self.entries.items() if i in delivery_ids}
 
-    def claim(self, delivery_id: str, channel: str, attempt: int) -> None:
+    def claim(
+        self, delivery_id: str, channel: str, attempt: int, seen: JournalEntry | None = None
+    ) -> bool:
         self.calls.append(("claim", delivery_id))
+        if self.entries.get(delivery_id) not in (None, seen):
+            return False  # claimed by someone else since it was read
         self.entries[delivery_id] = JournalEntry("sending")
+        return True
 
     def confirm(self, delivery_id: str, provider_message_id: str) -> None:
         self.calls.append(("confirm", delivery_id))
