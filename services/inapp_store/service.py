@@ -6,13 +6,21 @@ consumes a batch, :func:`~services.inapp_store.batch.plan_batch` turns it into r
 does the loop produce the batch's records (``delivered`` statuses, dead letters) and commit its
 offsets. A crash anywhere before that commit replays the batch; every write is idempotent.
 
-Database failures: a lost connection (PostgreSQL restarting, a failover, a terminated
-backend, a deadlock) is retried in-process with exponential backoff for up to
-``INAPP_STORE_DB_RETRY_SECONDS``: the batch stays uncommitted and the consumer keeps its
-partitions, so a short outage costs no rebalance. Past that bound, or on any other database
-error (a schema that was never migrated, a bug), the error propagates: the loop stops without
-committing, the process exits non-zero, and its supervisor (Kubernetes, compose) restarts it to
-replay the batch.
+Database failures are told apart by their SQLSTATE (:func:`is_data_error`):
+
+- A lost connection (PostgreSQL restarting, a failover, a terminated backend, too many
+  connections, a deadlock) is transient: the batch is tried again with exponential backoff
+  for as long as it takes. The batch stays uncommitted and its partitions stall; the service
+  never exits for it. Past ``INAPP_STORE_DB_RETRY_SECONDS`` it reports itself degraded
+  (``herald_service_degraded{reason="database"}``, ``/readyz`` 503) until a write succeeds. If
+  the wait outlasts the consumer's ``max.poll.interval.ms`` the group takes the partitions
+  away; the batch's commit is then refused and its records come again (idempotent upserts).
+- A data error (classes 22 data exception, 23 integrity violation, 54 program limit, e.g. a
+  ``user_id`` too long for a btree index row) is a property of a record, not of the database:
+  the batch is written again one record per transaction, the records PostgreSQL refuses go to
+  their topic's DLQ with the reason (``db.<condition>``) and the rest are stored.
+- Anything else (a schema that was never migrated, a bug) propagates: the loop stops without
+  committing and the process exits non-zero for its supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -24,18 +32,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from confluent_kafka import Message
 from prometheus_client import Counter, Histogram
 
 from herald.db import search_path_options
 from herald.logs import configure
-from herald.metrics import DELIVERIES, ERRORS, serve_metrics
+from herald.metrics import DELIVERIES, ERRORS, HEALTH, serve_metrics
 from herald.settings import DatabaseSettings, Settings, get_settings
 from herald.streaming import BatchLoop, Outgoing
 from schemas import CATALOGUE, Catalogue
-from services.inapp_store.batch import INAPP, BatchPlan, plan_batch
+from services.inapp_store.batch import INAPP, BatchPlan, _refuse, plan_batch
 from services.inapp_store.settings import SERVICE, InappStoreSettings
-from services.inapp_store.store import BatchRows, TableCounts, write_rows
+from services.inapp_store.store import BatchRows, InvalidRecord, TableCounts, write_rows
 
 log = logging.getLogger("services.inapp_store")
 
@@ -62,8 +71,22 @@ RETRY_INITIAL_SECONDS = 0.2
 RETRY_MAX_SECONDS = 10.0
 
 
+#: SQLSTATE classes that describe the data, not the connection: retrying cannot help.
+DATA_ERROR_CLASSES = ("22", "23", "54")
+
+
 class DatabaseUnavailableError(RuntimeError):
-    """The batch could not be written within the retry budget (or the service was stopped)."""
+    """The service was stopped while it waited for the database to come back."""
+
+
+def is_data_error(exc: psycopg.Error) -> bool:
+    """Whether PostgreSQL refused the data itself (see :data:`DATA_ERROR_CLASSES`).
+
+    psycopg maps class 54 (program limit exceeded, e.g. an index row too large) to
+    ``OperationalError``, the same class as a lost connection; only the SQLSTATE tells them
+    apart. A connection failure on the client side has no SQLSTATE.
+    """
+    return bool(exc.sqlstate) and str(exc.sqlstate)[:2] in DATA_ERROR_CLASSES
 
 
 class TooManyInvalidRecordsError(RuntimeError):
@@ -102,6 +125,11 @@ class Database:
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+def _snake(name: str) -> str:
+    """``ProgramLimitExceeded`` → ``program_limit_exceeded``."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 class InappStore:
@@ -145,15 +173,54 @@ class InappStore:
                 "stopping without committing: fix the producer or the schema, then restart"
             )
         if plan.rows:
-            self.write(plan.rows)
+            try:
+                self.write(plan.rows)
+            except psycopg.Error as exc:
+                if not is_data_error(exc):
+                    raise
+                log.warning(
+                    "PostgreSQL refused the batch's data; writing it one record at a time",
+                    extra={"error": str(exc).strip()[:300], "sqlstate": exc.sqlstate},
+                )
+                return self._handle_one_by_one(messages)
         self.invalid_streak = plan.invalid_streak
         if plan.delivered:
             DELIVERIES.labels(INAPP, "delivered").inc(plan.delivered)
         return plan.outgoing
 
+    def _handle_one_by_one(self, messages: list[Message]) -> list[Outgoing]:
+        """Write each record in its own transaction; a record whose rows PostgreSQL refuses
+        as data goes to its topic's DLQ (or is reported and skipped where there is none)."""
+        outgoing: list[Outgoing] = []
+        for message in messages:
+            plan = plan_batch(
+                [message], self.catalogue, now=datetime.now(UTC), invalid_streak=self.invalid_streak
+            )
+            if plan.rows:
+                try:
+                    self.write(plan.rows)
+                except psycopg.Error as exc:
+                    if not is_data_error(exc):
+                        raise
+                    name = type(exc).__name__
+                    error = InvalidRecord(
+                        f"PostgreSQL refused the record ({exc.sqlstate} {name}): "
+                        f"{str(exc).strip()[:500]}",
+                        error_class=f"db.{_snake(name)}",
+                    )
+                    plan = BatchPlan(invalid_streak=self.invalid_streak + 1)
+                    _refuse(plan, message, error, self.catalogue)
+            self._report_invalid(plan)
+            self.invalid_streak = plan.invalid_streak
+            if plan.delivered:
+                DELIVERIES.labels(INAPP, "delivered").inc(plan.delivered)
+            outgoing.extend(plan.outgoing)
+        return outgoing
+
     def write(self, rows: BatchRows) -> dict[str, TableCounts]:
-        """Write ``rows`` in one transaction, retrying a lost connection with backoff."""
-        deadline = time.monotonic() + self.config.db_retry_seconds
+        """Write ``rows`` in one transaction, retrying a lost connection with backoff for as
+        long as it takes (data errors propagate at once: see the module docstring)."""
+        degraded_after = time.monotonic() + self.config.db_retry_seconds
         delay = RETRY_INITIAL_SECONDS
         while True:
             started = time.perf_counter()
@@ -162,12 +229,16 @@ class InappStore:
                 with conn.transaction():
                     counts = write_rows(conn, rows)
             except psycopg.OperationalError as exc:
+                if is_data_error(exc):
+                    raise
                 # Connection-level trouble (and deadlocks/serialization failures, which psycopg
                 # also classes as operational): the transaction did not commit, or may have,
                 # which is fine too since every write is idempotent. Try the batch again.
                 self.db.close()
-                if self.loop.stop_event.is_set() or time.monotonic() + delay > deadline:
-                    raise DatabaseUnavailableError(f"cannot write the batch: {exc}") from exc
+                if self.loop.stop_event.is_set():
+                    raise DatabaseUnavailableError(f"stopped; batch not written: {exc}") from exc
+                if time.monotonic() >= degraded_after:
+                    HEALTH.degraded(SERVICE, "database", str(exc).strip()[:300])
                 DB_RETRIES.inc()
                 log.warning(
                     "database unavailable, retrying the batch",
@@ -178,6 +249,8 @@ class InappStore:
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 continue
             TRANSACTION_SECONDS.observe(time.perf_counter() - started)
+            if delay > RETRY_INITIAL_SECONDS:
+                HEALTH.recovered(SERVICE, "database")
             for table, (submitted, written) in counts.items():
                 ROWS_WRITTEN.labels(table).inc(written)
                 ROWS_UNCHANGED.labels(table).inc(submitted - written)
@@ -226,6 +299,9 @@ def main() -> None:
     )
     try:
         store.run()
+    except DatabaseUnavailableError:
+        log.info("inapp_store stopped while waiting for the database; the batch is not committed")
+        return
     except Exception:
         # Offsets of the failed batch were not committed: a restart replays it.
         log.exception("inapp_store stopped on an error; the last batch is not committed")

@@ -20,10 +20,10 @@ class InappStoreSettings(BaseSettings):
     poll_timeout_ms: int = Field(default=50, ge=1, le=10_000)
     #: Prometheus /metrics port on 127.0.0.1; 0 disables it.
     metrics_port: int = Field(default=9104, ge=0, le=65_535)
-    #: How long a batch retries a lost database connection before the process gives up and exits
-    #: non-zero. Kept well under the consumer's max.poll.interval.ms (300 s), so the consumer
-    #: keeps its partitions while it waits out a database restart.
-    db_retry_seconds: float = Field(default=60.0, ge=0, le=240)
+    #: How long a batch retries a lost database connection before the service reports itself
+    #: degraded (/readyz 503, herald_service_degraded). It keeps retrying after that, forever:
+    #: a database outage stalls the partitions, it never stops the process.
+    db_retry_seconds: float = Field(default=10.0, ge=0, le=240)
     #: Stop (exit non-zero, offsets not committed) after this many consecutive undecodable or
     #: invalid records: a stream of nothing but garbage means a broken producer or schema, and
     #: two of the three topics have no DLQ to keep it in. 0 disables the limit.

@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import psycopg.errors
 import pytest
 from confluent_kafka import Message
 
 from herald import identity
 from herald.db.models import DELIVERY_STATUSES
+from herald.metrics import HEALTH
 from herald.serde import decode, encode
 from herald.settings import Settings
 from herald.streaming import H_ERROR_CLASS, H_ORIGINAL_TOPIC
@@ -26,6 +28,7 @@ from services.inapp_store.service import (
     DatabaseUnavailableError,
     InappStore,
     TooManyInvalidRecordsError,
+    is_data_error,
 )
 from services.inapp_store.settings import InappStoreSettings
 from services.inapp_store.store import (
@@ -449,11 +452,33 @@ def test_a_lost_connection_is_retried_with_the_same_batch(make_store: MakeStore)
     assert [o.topic for o in out] == [CATALOGUE_T.delivery_status.name]
 
 
-def test_the_batch_fails_once_the_retry_budget_is_spent(make_store: MakeStore) -> None:
+def test_past_the_retry_budget_it_reports_degraded_and_keeps_trying(
+    make_store: MakeStore,
+) -> None:
     store = make_store(db_retry_seconds=0)
-    store.db = FlakyDatabase(failures=1)  # type: ignore[assignment]
-    with pytest.raises(DatabaseUnavailableError):
-        store.handle([notification_message(notification())])
+    flaky = FlakyDatabase(failures=5)
+    seen: list[dict[str, str]] = []
+
+    def connection() -> FakeConnection:
+        seen.append(HEALTH.problems())
+        return FlakyDatabase.connection(flaky)
+
+    flaky.connection = connection  # type: ignore[method-assign]
+    store.db = flaky  # type: ignore[assignment]
+    out = store.handle([notification_message(notification())])
+    assert out == [] and store.db.connects == 6  # type: ignore[attr-defined]
+    assert "inapp_store/database" in seen[-1]  # degraded while it waited
+    assert "inapp_store/database" not in HEALTH.problems()  # and recovered
+
+
+def test_data_errors_are_not_lost_connections() -> None:
+    limit = psycopg.errors.ProgramLimitExceeded("index row size 3000 exceeds btree maximum")
+    assert isinstance(limit, psycopg.OperationalError)  # why the SQLSTATE must decide
+    assert is_data_error(limit)
+    assert is_data_error(psycopg.errors.StringDataRightTruncation("value too long"))
+    assert not is_data_error(psycopg.errors.AdminShutdown("terminating connection"))
+    assert not is_data_error(psycopg.OperationalError("server closed the connection"))
+    assert not is_data_error(psycopg.errors.DeadlockDetected("deadlock"))
 
 
 def test_stopping_ends_the_retries(make_store: MakeStore) -> None:
