@@ -11,7 +11,8 @@ plus the records to produce once the rows are committed:
 - ``herald.delivery-status.v1`` → the delivery row (status precedence applied) and an attempt
   row.
 
-An undecodable or invalid record goes to its topic's DLQ when the catalogue gives it one
+An undecodable or invalid record (or an in-app delivery whose ``x-*`` headers cannot be read:
+``headers.invalid``) goes to its topic's DLQ when the catalogue gives it one
 (the in-app deliveries topic); the notifications and status topics have none, so such a record
 is reported (logged and counted by the service) and skipped.
 """
@@ -26,6 +27,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from herald.errors import ProcessingError
+from herald.headers import HEADERS_INVALID, header_problems
 from herald.sender import attempt_of
 from herald.serde import SerdeError, decode
 from herald.status import status_event, status_outgoing
@@ -91,6 +93,14 @@ def _decode(message: Message, spec: TopicSpec) -> dict[str, Any]:
         raise InvalidRecord(str(exc), error_class=f"serde.{type(exc).__name__}") from exc
 
 
+def _check_headers(message: Message) -> None:
+    """An in-app delivery's ``x-attempt`` goes into its status: unreadable ``x-*`` headers make
+    the record poison (the other two topics' records carry none that this service reads)."""
+    problems = header_problems(message.headers())
+    if problems:
+        raise InvalidRecord("unreadable header " + "; ".join(problems), error_class=HEADERS_INVALID)
+
+
 def plan_batch(
     messages: Sequence[Message],
     catalogue: Catalogue,
@@ -118,6 +128,7 @@ def plan_batch(
             elif topic == statuses:
                 plan.rows.add_status(*status_rows(_decode(message, catalogue.delivery_status)))
             elif topic == inapp.name:
+                _check_headers(message)
                 request = _decode(message, inapp)
                 plan.outgoing.append(
                     _deliver_inapp(plan.rows, request, catalogue, attempt_of(message), delivered_at)

@@ -24,6 +24,7 @@ from herald.headers import (
     write_headers,
 )
 from herald.streaming import failure_record, header_not_before
+from services.inapp_store.batch import plan_batch
 
 NOW = 1_700_000_000.0
 RETRIES = ("t.retry-1", "t.retry-2")
@@ -197,3 +198,47 @@ def test_header_not_before_ignores_garbage_and_far_futures() -> None:
     assert header_not_before(record([(H_NOT_BEFORE, b"soon")])) is None
     assert header_not_before(record([(H_NOT_BEFORE, b"99999999999")])) is None
     assert header_not_before(record([(H_NOT_BEFORE, b"1700000000.250")])) == NOW + 0.25
+
+
+def test_inapp_store_parks_an_inapp_delivery_with_garbled_headers() -> None:
+    from tests.unit.test_inapp_store import (
+        CATALOGUE_T,
+        T0,
+        inapp_message,
+        notification,
+        notification_message,
+        request,
+    )
+
+    inapp = CATALOGUE_T.for_channel("inapp")
+    good = inapp_message(request(user="user-1"), offset=1)
+    bad = inapp_message(request(user="user-2"), offset=2, x_attempt="x")
+    # A notification's x-* headers are not read by the store: garbage there is not poison.
+    plain = notification_message(notification(user="user-3"))
+    plain = Message(
+        topic=plain.topic(), partition=0, offset=3, value=plain.value(), headers=[(H_ATTEMPT, b"x")]
+    )
+    plan = plan_batch([good, bad, plain], CATALOGUE_T, now=T0)
+    assert plan.delivered == 1
+    assert [(i.offset, i.error.error_class, i.sent_to) for i in plan.invalid] == [
+        (2, HEADERS_INVALID, inapp.dlq_name)
+    ]
+    dead = [o for o in plan.outgoing if o.topic == inapp.dlq_name]
+    assert len(dead) == 1 and dead[0].dead_letter and dead[0].origin is bad
+    headers = dict(dead[0].headers)
+    assert headers[H_ERROR_CLASS] == HEADERS_INVALID and headers["x-garbled-attempt"] == b"x"
+    assert "x-attempt='x'" in str(headers[H_ERROR_MESSAGE])
+
+
+def test_sender_parks_a_delivery_with_garbled_headers_and_sends_the_rest() -> None:
+    from tests.unit.test_sender import ROUTES, FakeChannel, handler, message, request
+
+    send = FakeChannel()
+    good, bad = request(), request()
+    out = handler(send)(
+        [message(good, offset=1), message(bad, offset=2, headers=[(H_ATTEMPT, b"x")])]
+    )
+    assert send.sent == [good["delivery_id"]]
+    (dead,) = [o for o in out if o.topic == ROUTES.dlq_topic]
+    assert dict(dead.headers)[H_ERROR_CLASS] == HEADERS_INVALID
+    assert dead.origin is not None and dead.origin.offset() == 2
