@@ -18,7 +18,8 @@ from herald.topics import create_declared_topics
 
 
 def main() -> None:
-    """Start the worker: JSON logs, /metrics, then Faust until told to stop."""
+    """Start the worker: JSON logs, /healthz, /readyz and /metrics, then Faust until told
+    to stop."""
     from services.router import agents  # registers the agents on the app
     from services.router.app import DATA_DIR, app, changelog_topics, router_settings, settings
 
@@ -32,6 +33,8 @@ def main() -> None:
         )
         sys.exit(2)
     create_declared_topics(settings.kafka, changelog_topics())
+    # /healthz, /readyz (false while an agent has crashed or the broker refuses records) and
+    # /metrics, on the metrics port.
     serve_metrics(router_settings.metrics_port)
     owns_data_dir = router_settings.data_dir is None and not DATA_DIR.exists()
     worker = Worker(

@@ -17,10 +17,12 @@
 
 Poison (undecodable bytes, an unknown schema, an unknown or inactive event type, an unknown
 user, a template that cannot render) goes to the events DLQ with the design's ``x-*`` headers;
-the stream goes on. Both stages take their records in batches and send what a batch made through one
-confluent-kafka producer (:class:`Publisher`), acknowledged by the broker before the agent takes
-the next batch; Faust commits the acked offsets every ``ROUTER_COMMIT_INTERVAL_MS`` (at least
-once).
+the stream goes on. Both stages iterate their streams without Faust's automatic acks and hand
+what each record made to :class:`services.router.outputs.Outputs`: one confluent-kafka
+producer, pipelined, which acknowledges a record to Faust only when the broker acknowledged
+every record it produced. Faust commits the acknowledged offsets every
+``ROUTER_COMMIT_INTERVAL_MS``, so a commit never runs ahead of the output (at least once;
+every output has a deterministic id and the consumers downstream are idempotent).
 """
 
 from __future__ import annotations
@@ -28,25 +30,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from typing import Any, cast
 
-from confluent_kafka import KafkaError, Producer
 from confluent_kafka import Message as KafkaMessage
-from faust import streams as faust_streams
 from faust.types import TP, EventT, StreamT
 from faust.types.tuples import Message
 
 from herald.digest import run_digest
 from herald.errors import PermanentError
-from herald.metrics import DELIVERIES, ERRORS, RECORDS_IN, RECORDS_OUT
+from herald.metrics import DELIVERIES, ERRORS, HEALTH, RECORDS_IN, RECORDS_OUT
+from herald.producer import AckedProducer
 from herald.seed import LOGIN_ALERT
 from herald.serde import Record, decode
-from herald.streaming import DeliveryCallback, Outgoing, enqueue, failure_record, producer_config
+from herald.streaming import Outgoing, failure_record, producer_config
 from services.router import devices, routing
 from services.router.app import (
     SERVICE,
@@ -65,13 +64,12 @@ from services.router.app import (
     users_topic,
 )
 from services.router.holds import HoldStore
+from services.router.outputs import Outputs
 
 log = logging.getLogger(__name__)
 
 _GRACE_S = router_settings.lookup_grace_ms / 1000
 _POLL_S = router_settings.lookup_poll_ms / 1000
-_BATCH = router_settings.batch_size
-_BATCH_WITHIN_S = router_settings.batch_within_ms / 1000
 
 #: Held deliveries (quiet hours) in PostgreSQL; connects on first use.
 hold_store = HoldStore(settings.database, settings.kafka, catalogue)
@@ -99,37 +97,27 @@ def _on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
 app.on_partitions_assigned.connect(_on_assigned)  # type: ignore[arg-type]
 
 
-async def _in_batches(
-    stream: StreamT[bytes], handle: Callable[[Message], Awaitable[list[Outgoing]]]
+async def _route_stream(
+    stage: str, stream: StreamT[bytes], handle: Callable[[Message], Awaitable[list[Outgoing]]]
 ) -> None:
-    """Feed the stream's records to ``handle`` a batch at a time and publish what each batch
-    made (Faust acks a batch's records when the next batch is asked for, i.e. after the
-    publish)."""
-    # StreamT does not declare take_events; the Stream an agent receives has it.
-    batches = cast(Any, stream).take_events(_BATCH, within=_BATCH_WITHIN_S)
-    async for events in cast(AsyncIterator[Sequence[EventT]], batches):
-        outgoing: list[Outgoing] = []
-        for event in events:
-            with _current(event):
-                outgoing += await handle(event.message)
-        await publisher.publish(outgoing)
+    """Route each record of ``stream`` with ``handle`` and hand what it made to
+    :data:`outputs`, which acknowledges the record to Faust once all of it is on the broker.
 
-
-@contextmanager
-def _current(event: EventT) -> Iterator[None]:
-    """Make ``event`` Faust's current event in this task while it is routed.
-
-    A table write (the known devices) goes to the changelog partition of the current event's
-    partition, which Faust reads from a context variable; ``take_events`` fills its batches in
-    another task, so the agent's own task has no current event (the write would raise
-    "Cannot modify table key from outside of stream iteration"). Faust has no public setter;
-    tests/unit/test_router_faust.py pins the private one this relies on.
+    ``noack()``: Faust acknowledges nothing by itself, so a record routed but whose output is
+    not acknowledged is never committed, whatever stops this loop (a rebalance cancels it,
+    a stop, a crash). ``handle`` parks every bad record on the DLQ itself; an exception out of
+    here is a bug, which marks the worker unready (``/readyz``) before it propagates.
     """
-    token = faust_streams._current_event.set(weakref.ref(event))
+    manual = cast(Any, stream).noack()  # StreamT does not declare noack; Stream has it
     try:
-        yield
-    finally:
-        faust_streams._current_event.reset(token)
+        async for event in manual.events():
+            await outputs.submit(manual, event, await handle(event.message))
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        HEALTH.degraded(SERVICE, f"agent.{stage}", f"crashed: {type(exc).__name__}: {exc}")
+        log.critical("router agent crashed", extra={"agent": stage}, exc_info=True)
+        raise
 
 
 # --- stage 1 -------------------------------------------------------------------------------
@@ -138,7 +126,7 @@ def _current(event: EventT) -> Iterator[None]:
 @app.agent(events_topic)
 async def expand_events(stream: StreamT[bytes]) -> None:
     """Stage 1: validate each event and fan it out, one record per recipient."""
-    await _in_batches(stream, _expand)
+    await _route_stream("expand_events", stream, _expand)
 
 
 async def _expand(message: Message) -> list[Outgoing]:
@@ -158,7 +146,7 @@ async def _expand(message: Message) -> list[Outgoing]:
 @app.agent(recipients_topic)
 async def route_recipients(stream: StreamT[bytes]) -> None:
     """Stage 2: route each recipient's copy of an event with this worker's tables."""
-    await _in_batches(stream, _route)
+    await _route_stream("route_recipients", stream, _route)
 
 
 async def _route(message: Message) -> list[Outgoing]:
@@ -443,86 +431,47 @@ def _dead_letter(message: Message, error: PermanentError) -> Outgoing:
     )
 
 
-class Publisher:
-    """What the agents route goes out through one confluent-kafka producer, a batch at a time.
-
-    Each agent takes its records in batches (``ROUTER_BATCH_SIZE``, waiting at most
-    ``ROUTER_BATCH_WITHIN_MS`` to fill one), produces everything the batch made, and waits in
-    a thread (the event loop keeps serving the other agents) until the broker acknowledged all
-    of it. Only then does the agent ask for the next batch, which is when Faust acks the
-    previous one's records: an offset is never committed before what its record made is on
-    the broker (at least once). A record the broker refused (after librdkafka's own retries)
-    is produced again, with growing pauses, for as long as it takes: the partition stalls
-    and the log and ``herald_errors_total{error_class="router.produce"}`` say why, but
-    nothing is lost. librdkafka's producer is far cheaper per record than the pure-Python one
-    Faust sends with, which was most of the router's time per record. The partitioner is the
-    Java client's murmur2, as Faust's, so co-partitioning holds.
-    """
-
-    def __init__(self) -> None:
-        self._producer: Producer | None = None
-
-    @property
-    def producer(self) -> Producer:
-        if self._producer is None:
-            self._producer = Producer(producer_config(settings.kafka))
-        return self._producer
-
-    async def publish(self, records: Sequence[Outgoing]) -> None:
-        """Produce ``records`` and return once the broker acknowledged every one."""
-        pending = list(records)
-        pause = 0.5
-        while pending:
-            refused = await self._send(pending)
-            if not refused:
-                return
-            ERRORS.labels(SERVICE, "router.produce").inc()
-            log.error(
-                "records not acknowledged by the broker; producing them again",
-                extra={"count": len(refused), "error": str(refused[0][1]), "retry_in_s": pause},
-            )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 30.0)
-            pending = [record for record, _ in refused]
-
-    async def _send(self, records: Sequence[Outgoing]) -> list[tuple[Outgoing, KafkaError]]:
-        """Produce ``records``; wait for every one's delivery report; return the refused.
-
-        Reports are counted per call, not read off ``flush()``: the other agent's thread may
-        be serving this call's reports when its own flush returns."""
-        producer = self.producer
-        reported: list[bool] = []
-        refused: list[tuple[Outgoing, KafkaError]] = []
-
-        def report(record: Outgoing) -> DeliveryCallback:
-            def on_delivery(error: KafkaError | None, _message: KafkaMessage) -> None:
-                if error is not None:
-                    refused.append((record, error))
-                reported.append(True)
-
-            return on_delivery
-
-        for record in records:
-            while not enqueue(producer, record, report(record)):
-                await asyncio.to_thread(producer.poll, 0.05)  # the local queue is full
-            _records_out(record.topic).inc()
-        while len(reported) < len(records):
-            if await asyncio.to_thread(producer.flush, 1.0) == 0:
-                await asyncio.sleep(0.001)  # the other thread is serving our last reports
-        return refused
+@cache
+def _records_out(topic: str) -> Any:
+    return RECORDS_OUT.labels(SERVICE, topic)
 
 
-publisher = Publisher()
+def _dead_letter_event(event: EventT, error: PermanentError) -> Outgoing:
+    return _dead_letter(event.message, error)
+
+
+#: Everything the agents produce goes out through one acknowledged producer.
+outputs = Outputs(
+    lambda: AckedProducer(producer_config(settings.kafka)),
+    _dead_letter_event,
+    service=SERVICE,
+    health=HEALTH,
+    max_in_flight=router_settings.max_in_flight,
+    on_record_out=lambda topic: _records_out(topic).inc(),
+)
+
+
+@app.task
+async def serve_outputs() -> None:
+    """Serve the producer's delivery reports: acknowledge events whose outputs are on the
+    broker, produce refused records again."""
+    await outputs.serve()
+
+
+async def _flush_outputs(app: Any, **kwargs: Any) -> None:
+    """On stop, wait for what was produced (acknowledged events are then committed by
+    Faust's final commit; the rest is consumed again by the next owner)."""
+    outputs.flush(10.0)  # on the loop's thread: the reports' callbacks run here
+    await outputs.serve_once(0)
+
+
+# mode's handler type (mypy_extensions NamedArg in a Union) matches no plain function.
+app.on_before_shutdown.connect(_flush_outputs)  # type: ignore[arg-type]
 
 
 @cache
 def _records_in(topic: str) -> Any:
     return RECORDS_IN.labels(SERVICE, topic)
-
-
-@cache
-def _records_out(topic: str) -> Any:
-    return RECORDS_OUT.labels(SERVICE, topic)
 
 
 def _headers(headers: Any) -> list[tuple[str, str | bytes | None]]:

@@ -34,12 +34,10 @@ class RouterSettings(BaseSettings):
     lookup_poll_ms: int = Field(default=50, ge=1, le=1000)
     #: How long the producer waits to fill a batch: fewer, larger produce requests.
     producer_linger_ms: int = Field(default=5, ge=0, le=1000)
-    #: Records each stage takes at a time: it routes them, produces what they made and waits
-    #: for the broker's acknowledgement once per batch.
-    batch_size: int = Field(default=500, ge=1, le=10_000)
-    #: How long a stage waits for a batch to fill before routing what it has (added latency
-    #: per stage when the load is light).
-    batch_within_ms: int = Field(default=5, ge=1, le=1000)
+    #: Records produced but not yet acknowledged by the broker, at most: past it the agents
+    #: wait for delivery reports (backpressure). Each stage acknowledges a consumed record to
+    #: Faust when every record it made is acknowledged (services.router.outputs).
+    max_in_flight: int = Field(default=20_000, ge=1, le=1_000_000)
     #: How often consumed offsets are committed (after the records they produced are acked).
     commit_interval_ms: int = Field(default=1000, ge=50, le=60_000)
 

@@ -511,3 +511,66 @@ def test_two_workers_share_the_partitions_and_route_every_user(
     assert a and b and not set(a) & set(b)
     routed_partitions = {m.partition() for m in kafka.messages(catalogue.notifications.name)}
     assert routed_partitions & set(a) and routed_partitions & set(b)
+
+
+def test_garbled_headers_and_oversize_output_are_parked_and_routing_goes_on(
+    kafka: Kafka, start_router: Callable[..., ServiceProcess]
+) -> None:
+    """Issue 9, items 1 and 6: an unknown event type carrying ``x-attempt: x`` (a header any
+    producer of the public topic may write; it used to crash the stage-1 agent) and an event
+    whose email would exceed the producer's ``message.max.bytes`` both land on the events DLQ
+    with their reason; the event after them is routed, every offset is committed, and the
+    worker stays ready."""
+    run = uuid.uuid4().hex[:8]
+    catalogue = kafka.catalogue
+    ana = f"ana-{run}"
+    code = f"comment.{run}"
+    kafka.user(user(ana))
+    kafka.event_type(event_type(code, channels=["inapp", "email"]))
+    port = free_port()
+    router = start_router(ROUTER_METRICS_PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+
+    def answers(path: str) -> int | None:
+        try:
+            return httpx.get(base + path, timeout=5).status_code
+        except httpx.TransportError:
+            return None
+
+    wait_for(lambda: answers("/healthz") == 200, DEADLINE, "the router's /healthz")
+
+    garbled = event(f"no.such.type.{run}", [ana])
+    kafka.producer.produce(
+        catalogue.events.name,
+        key=garbled["event_id"],
+        value=encode("herald.Event", garbled),
+        headers=[("x-attempt", b"x"), ("x-first-failed-at", b"\xff\xfe")],
+    )
+    # 170,000 double quotes: 170 kB in the event, five-fold once HTML-escaped in the email.
+    huge = kafka.event(event(code, [ana], excerpt='"' * 170_000))
+    good = kafka.event(event(code, [ana]))
+
+    wait_for(
+        lambda: [n for n in kafka.records(catalogue.notifications.name) if n["event_id"] == good],
+        DEADLINE,
+        "the notification of the event after the poison",
+    )
+    dlq = wait_for(
+        at_least(2, lambda: kafka.messages(catalogue.events.dlq_name)), DEADLINE, "two dead letters"
+    )
+    classes = sorted(headers_dict(m)[H_ERROR_CLASS] for m in dlq)
+    # Garbled x-* headers make the record poison on their own (herald.headers).
+    assert classes == ["headers.invalid", "record.too_large"], classes
+    parked = {headers_dict(m)[H_ERROR_CLASS]: m for m in dlq}
+    assert decode(parked["record.too_large"].value() or b"")["event"]["event_id"] == huge
+    assert "message.max.bytes" in headers_dict(parked["record.too_large"])[H_ERROR_MESSAGE]
+    emails = [d["event_id"] for d in kafka.records(catalogue.deliveries_email.name)]
+    assert emails == [good]
+    for topic in (catalogue.events.name, catalogue.recipients.name):
+        wait_for(
+            lambda topic=topic: kafka.committed(topic) == kafka.ends(topic),
+            DEADLINE,
+            f"{topic} committed to its end",
+        )
+    assert answers("/readyz") == 200
+    assert router.running()
