@@ -1,7 +1,9 @@
 """``herald run``: the main job on the local stack (what ``make run`` calls).
 
 Brings everything up, plays the demo scenarios once (printing who got what on which channel),
-then serves until Ctrl-C, and stops exactly what it started.
+then serves until Ctrl-C, and stops exactly what it started. A service that exits meanwhile is
+started again after a pause (1 s doubling to 30 s, reset once it stayed up a minute), and the
+exit and restart are logged, as systemd or Kubernetes would do in production.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from herald.settings import Settings, get_settings
 from herald.supervisor import (
     SERVICES,
     ServiceProcess,
+    Supervisor,
     answers,
-    start_service,
     stop_all,
     wait_until_answers,
 )
@@ -38,6 +40,8 @@ class Started:
 
     stack_parts: list[str] = field(default_factory=list)
     services: list[ServiceProcess] = field(default_factory=list)
+    #: Restarts the services that exit (its ``services`` list is :attr:`services`).
+    supervisor: Supervisor | None = None
 
 
 def _urls(settings: Settings) -> dict[str, str]:
@@ -73,8 +77,12 @@ def bring_up(
     if not services or (only_missing and answers(f"{urls['ingest']}/readyz")):
         return
     log_dir = settings.local.local_dir / "services"
+    started.supervisor = Supervisor(
+        log_dir, say=lambda line: typer.secho(line, fg="yellow", err=True)
+    )
+    started.services = started.supervisor.services
     for module in SERVICES:
-        started.services.append(start_service(module, {}, log_dir))
+        started.supervisor.start(module)
     typer.echo(f"services: {', '.join(s.name for s in started.services)} (logs in {log_dir})")
     for name, url in urls.items():
         halted = stop.is_set if stop is not None else (lambda: False)
@@ -138,13 +146,8 @@ def run(
         if not stop.is_set():
             typer.echo("Herald is serving. Press Ctrl-C to stop.")
         while not stop.wait(1.0):
-            for service in [s for s in started.services if not s.running()]:
-                typer.secho(
-                    f"{service.name} exited with {service.proc.returncode}; see {service.log}",
-                    fg=typer.colors.RED,
-                    err=True,
-                )
-                started.services.remove(service)
+            if started.supervisor is not None:
+                started.supervisor.check()
     finally:
         typer.echo("stopping...")
         shut_down(settings, started)
