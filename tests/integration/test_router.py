@@ -566,11 +566,11 @@ def test_garbled_headers_and_oversize_output_are_parked_and_routing_goes_on(
     assert "message.max.bytes" in headers_dict(parked["record.too_large"])[H_ERROR_MESSAGE]
     emails = [d["event_id"] for d in kafka.records(catalogue.deliveries_email.name)]
     assert emails == [good]
-    for topic in (catalogue.events.name, catalogue.recipients.name):
-        wait_for(
-            lambda topic=topic: kafka.committed(topic) == kafka.ends(topic),
-            DEADLINE,
-            f"{topic} committed to its end",
-        )
+
+    def all_committed() -> bool:
+        topics = (catalogue.events.name, catalogue.recipients.name)
+        return all(kafka.committed(topic) == kafka.ends(topic) for topic in topics)
+
+    wait_for(all_committed, DEADLINE, "both router inputs committed to their ends")
     assert answers("/readyz") == 200
     assert router.running()
