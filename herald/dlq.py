@@ -6,6 +6,11 @@ tiers), with its headers preserved, ``x-attempt`` reset and ``x-replay-count`` i
 ``max_replays`` it refuses, so nothing loops forever. Kafka cannot delete single records, so
 purge deletes a partition's records up to an offset, and only when every record before that
 offset matches the filter too: it never removes a dead letter the filter did not select.
+
+A letter counts as replayed only when Kafka acknowledged its copy (a delivery report without
+an error, through :class:`herald.producer.AckedProducer`); the others are reported with the
+broker's reason. ``replay --purge`` then deletes only acknowledged letters, so a refused replay
+always leaves its dead letter in place.
 """
 
 from __future__ import annotations
@@ -21,19 +26,22 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from herald.serde import SerdeError, decode
-from herald.settings import KafkaSettings
-from herald.streaming import (
+from herald.headers import (
     H_ATTEMPT,
     H_ERROR_CLASS,
     H_ERROR_MESSAGE,
     H_NOT_BEFORE,
-    H_ORIGINAL_TOPIC,
     H_REPLAY_COUNT,
-    Outgoing,
-    headers_dict,
+    RawValue,
+    headers_text,
+    read_headers,
+    write_headers,
 )
-from schemas import Catalogue
+from herald.producer import Refused
+from herald.serde import SerdeError, decode
+from herald.settings import KafkaSettings
+from herald.streaming import Outgoing
+from schemas import Catalogue, UnknownTopicError
 
 DEFAULT_MAX_REPLAYS = 3
 
@@ -55,6 +63,8 @@ class DeadLetter:
     headers: dict[str, str]
     record: dict[str, Any] | None = None
     decode_error: str | None = None
+    #: The headers as they are on the topic (bytes and all), for a faithful replay.
+    raw_headers: list[tuple[str, RawValue]] = field(default_factory=list)
 
     @property
     def error_class(self) -> str:
@@ -66,7 +76,8 @@ class DeadLetter:
 
     @property
     def replay_count(self) -> int:
-        return int(self.headers.get(H_REPLAY_COUNT, "0") or 0)
+        """``x-replay-count``; 0 when absent or unreadable."""
+        return read_headers(self.raw_headers or self.headers).replay_count or 0
 
     @property
     def event_type(self) -> str | None:
@@ -188,9 +199,12 @@ def scan(
                     message.offset() or 0,
                 )
                 value = message.value()
+                raw: list[tuple[str, RawValue]] = [
+                    (str(header[0]), header[1]) for header in message.headers() or []
+                ]
                 letter = DeadLetter(
                     topic, partition, offset, (message.timestamp()[1] or 0) / 1000,
-                    message.key(), value, headers_dict(message),
+                    message.key(), value, headers_text(raw), raw_headers=raw,
                 )  # fmt: skip
                 if value is not None:
                     try:
@@ -226,7 +240,11 @@ def summarize(letters: Iterable[DeadLetter], now: float | None = None) -> list[d
 
 def replay_target(catalogue: Catalogue, letter: DeadLetter) -> str:
     """The first retry tier of the letter's source topic, or the source topic itself."""
-    spec = catalogue.by_name(letter.headers.get(H_ORIGINAL_TOPIC) or letter.topic)
+    source = read_headers(letter.raw_headers or letter.headers).original_topic or letter.topic
+    try:
+        spec = catalogue.by_name(source)
+    except UnknownTopicError:
+        raise DlqError(f"{letter.where} came from {source!r}, not a catalogue topic") from None
     tiers = spec.retry_topic_names
     return tiers[0] if tiers else spec.name
 
@@ -240,23 +258,31 @@ def replay_record(
             f"{letter.where} was replayed {letter.replay_count} times already (limit {max_replays})"
         )
     now = time.time() if now is None else now
-    headers = {
-        **letter.headers,
-        H_REPLAY_COUNT: str(letter.replay_count + 1),
-        H_ATTEMPT: "1",
-        H_NOT_BEFORE: f"{now:.3f}",
-    }
-    return Outgoing(
-        replay_target(catalogue, letter), letter.key, letter.value, list(headers.items())
+    headers = write_headers(
+        letter.raw_headers or letter.headers,
+        {H_REPLAY_COUNT: letter.replay_count + 1, H_ATTEMPT: 1, H_NOT_BEFORE: now},
     )
+    return Outgoing(replay_target(catalogue, letter), letter.key, letter.value, headers)
 
 
 @dataclass
 class ReplayReport:
+    """What a replay did. ``replayed`` counts only copies Kafka acknowledged."""
+
     matched: int = 0
     replayed: int = 0
+    #: Letters not replayed by rule (replayed too often, unknown source topic).
     refused: list[str] = field(default_factory=list)
+    #: Letters whose copy Kafka did not acknowledge: where, target, and the broker's reason.
+    failed: list[str] = field(default_factory=list)
     targets: Counter[str] = field(default_factory=Counter)
+    #: The letters whose replay Kafka acknowledged (the only ones ``--purge`` may delete).
+    acknowledged: list[DeadLetter] = field(default_factory=list)
+
+
+#: Produces records and waits for every delivery report; returns those not acknowledged
+#: (:meth:`herald.producer.AckedProducer.deliver`).
+Deliver = Callable[[Sequence[Outgoing]], list[Refused]]
 
 
 def select(letters: Iterable[DeadLetter], criteria: Filter) -> list[DeadLetter]:
@@ -273,24 +299,44 @@ def select(letters: Iterable[DeadLetter], criteria: Filter) -> list[DeadLetter]:
 def replay(
     catalogue: Catalogue,
     letters: Sequence[DeadLetter],
-    publish: Callable[[Outgoing], None] | None,
+    deliver: Deliver | None,
     *,
     max_replays: int = DEFAULT_MAX_REPLAYS,
     progress: Callable[[int], None] = lambda n: None,
+    chunk: int = 500,
 ) -> ReplayReport:
-    """Replay ``letters`` through ``publish`` (None: a dry run that only reports)."""
+    """Replay ``letters`` through ``deliver`` (None: a dry run that only reports), ``chunk``
+    at a time; a letter counts as replayed only once Kafka acknowledged its copy."""
     report = ReplayReport(matched=len(letters))
-    for letter in letters:
-        try:
-            record = replay_record(catalogue, letter, max_replays)
-        except DlqError as exc:
-            report.refused.append(str(exc))
-        else:
-            if publish is not None:
-                publish(record)
+    pending: list[tuple[DeadLetter, Outgoing]] = []
+
+    def send() -> None:
+        refused = (
+            {} if deliver is None else {id(r.record): r for r in deliver([o for _, o in pending])}
+        )
+        for letter, record in pending:
+            problem = refused.get(id(record))
+            if problem is not None:
+                report.failed.append(
+                    f"{letter.where} → {record.topic}: {problem.error} ({problem.error_class})"
+                )
+                continue
             report.replayed += 1
             report.targets[record.topic] += 1
-        progress(1)
+            report.acknowledged.append(letter)
+        progress(len(pending))
+        pending.clear()
+
+    for letter in letters:
+        try:
+            pending.append((letter, replay_record(catalogue, letter, max_replays)))
+        except DlqError as exc:
+            report.refused.append(str(exc))
+            progress(1)
+        if len(pending) >= chunk:
+            send()
+    if pending:
+        send()
     return report
 
 

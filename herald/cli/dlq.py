@@ -7,11 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import typer
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException
 
 from herald import dlq
+from herald.producer import AckedProducer
 from herald.settings import get_settings
-from herald.streaming import Outgoing, producer_config
+from herald.streaming import producer_config
 from schemas import CATALOGUE, Catalogue
 
 app = typer.Typer(
@@ -126,11 +127,25 @@ def replay(
         dlq.DEFAULT_MAX_REPLAYS, min=1, help="Refuse records already replayed this often."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be replayed."),
+    purge_replayed: bool = typer.Option(
+        False,
+        "--purge",
+        help="Then delete the dead letters whose replay Kafka acknowledged (never the others).",
+    ),
+    timeout: float = typer.Option(
+        30.0, min=1, help="Seconds Kafka has to acknowledge each replayed record."
+    ),
 ) -> None:
     """Re-publish matching dead letters to the first retry tier of their source topic.
 
     Headers are kept; x-replay-count goes up by one and x-attempt starts again at 1.
     A delivery that was meanwhile sent is not sent again (senders check their journal).
+
+    A letter counts as replayed only when Kafka acknowledged its copy. Copies it refused (or
+    did not acknowledge within --timeout) are listed with the broker's reason, the command
+    exits 1, and those dead letters stay where they are: fix the cause and run it again.
+    With --purge, exactly the acknowledged letters are deleted afterwards (as far as Kafka can
+    delete: a partition's records only up to the first one that must stay).
 
     Error class sender.outcome_unknown: a sender died while sending that email, so it may
     have arrived; a replay sends it again. Check with the recipient first.
@@ -138,31 +153,49 @@ def replay(
     Example: herald dlq replay --error-class sms.5xx --since 2h --dry-run
     """
     criteria = _filter(since, until, error_class, event_type, delivery_id, limit)
-    chosen = dlq.select(_letters(topic), criteria)
+    letters = _letters(topic)
+    chosen = dlq.select(letters, criteria)
     settings = get_settings()
-    producer = None if dry_run else Producer(producer_config(settings.kafka))
-
-    def publish(record: Outgoing) -> None:
-        assert producer is not None
-        producer.produce(record.topic, key=record.key, value=record.value, headers=record.headers)
-        producer.poll(0)
-
+    producer = None
+    if not dry_run:
+        config = producer_config(settings.kafka, **{"message.timeout.ms": int(timeout * 1000)})
+        producer = AckedProducer(config)
     with typer.progressbar(length=len(chosen), label="replaying", file=None) as bar:
         report = dlq.replay(
             _catalogue(),
             chosen,
-            None if dry_run else publish,
+            None if producer is None else producer.deliver,
             max_replays=max_replays,
             progress=bar.update,
         )
-    if producer is not None and producer.flush(30):
-        raise _fail("some replayed records were not acknowledged by Kafka; run again")
+    if producer is not None:
+        producer.close(5)
     verb = "would replay" if dry_run else "replayed"
-    typer.echo(f"{report.matched} matched, {verb} {report.replayed}, refused {len(report.refused)}")
+    summary = f"{report.matched} matched, {verb} {report.replayed}, refused {len(report.refused)}"
+    if report.failed:
+        summary += f", NOT acknowledged by Kafka {len(report.failed)}"
+    typer.echo(summary)
     for target, count in sorted(report.targets.items()):
         typer.echo(f"  {count} → {target}")
     for reason in report.refused:
         typer.echo(f"  refused: {reason}")
+    for reason in report.failed[:50]:
+        typer.echo(f"  not replayed: {reason}")
+    if purge_replayed and not dry_run and report.acknowledged:
+        plan, kept = dlq.purge_plan(letters, report.acknowledged)
+        dlq.purge(settings.kafka, plan)
+        typer.echo(
+            f"deleted {len(report.acknowledged) - len(kept)} replayed dead letters;"
+            f" {len(kept)} stay (a letter that was not replayed precedes them)"
+        )
+    if report.failed:
+        typer.secho(
+            f"error: Kafka did not acknowledge {len(report.failed)} replayed records; their dead"
+            " letters are still on the DLQ. Do not purge them: fix the cause, then replay again.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

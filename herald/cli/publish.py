@@ -6,11 +6,11 @@ import uuid
 from datetime import UTC, datetime
 
 import typer
-from confluent_kafka import Producer
 
+from herald.producer import AckedProducer
 from herald.serde import encode
 from herald.settings import get_settings
-from herald.streaming import producer_config
+from herald.streaming import Outgoing, producer_config
 from schemas import CATALOGUE
 
 
@@ -20,8 +20,10 @@ def publish(
     context: list[str] = typer.Option([], "--context", "-c", help="key=value; repeatable."),
     actor: str | None = typer.Option(None, help="The acting user (not notified)."),
     event_id: str | None = typer.Option(None, help="Event id (default: a new uuid4)."),
+    timeout: float = typer.Option(15.0, min=1, help="Seconds Kafka has to acknowledge it."),
 ) -> None:
-    """Publish one event, as an application would; prints its id."""
+    """Publish one event, as an application would; prints its id once Kafka acknowledged it
+    (exit 1 with the broker's reason when it did not)."""
     values = {}
     for item in context:
         key, sep, value = item.partition("=")
@@ -42,11 +44,15 @@ def publish(
         "metadata": {},
     }
     topic = CATALOGUE.with_prefix(settings.kafka.topic_prefix).events.name
-    producer = Producer(producer_config(settings.kafka))
-    producer.produce(topic, key=event_id, value=encode("herald.Event", event))
-    if producer.flush(15):
+    producer = AckedProducer(
+        producer_config(settings.kafka, **{"message.timeout.ms": int(timeout * 1000)})
+    )
+    refused = producer.deliver([Outgoing(topic, event_id, encode("herald.Event", event))])
+    producer.close(5)
+    if refused:
         typer.secho(
-            f"error: Kafka at {settings.kafka.bootstrap_servers} did not acknowledge",
+            f"error: Kafka at {settings.kafka.bootstrap_servers} did not acknowledge event"
+            f" {event_id} for {topic}: {refused[0].error} ({refused[0].error_class})",
             fg="red",
             err=True,
         )

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from herald import dlq
-from herald.streaming import H_ATTEMPT, H_ERROR_CLASS, H_ORIGINAL_TOPIC, H_REPLAY_COUNT
+from herald.producer import Refused
+from herald.streaming import (
+    H_ATTEMPT,
+    H_ERROR_CLASS,
+    H_ORIGINAL_TOPIC,
+    H_REPLAY_COUNT,
+    Outgoing,
+)
 from schemas import CATALOGUE
 
 SMS = CATALOGUE.deliveries_sms
@@ -82,3 +91,41 @@ def test_unknown_topic_names_the_known_ones() -> None:
     with pytest.raises(dlq.DlqError, match=r"not a dead-letter topic.*herald\.events\.v1\.dlq"):
         dlq.dlq_topics(CATALOGUE, ["herald.nope.v1"])
     assert dlq.dlq_topics(CATALOGUE, [SMS.name]) == [SMS.dlq_name]
+
+
+def test_replay_counts_only_what_kafka_acknowledged() -> None:
+    """A copy Kafka refused is reported with its reason and is not among the acknowledged
+    letters (the only ones ``replay --purge`` deletes)."""
+    letters = [letter(0), letter(1), letter(2)]
+    batches: list[int] = []
+
+    def deliver(records: Sequence[Outgoing]) -> list[Refused]:
+        batches.append(len(records))
+        if len(batches) > 1:
+            return []
+        return [Refused(records[1], "Broker: Message size too large", "record.too_large")]
+
+    report = dlq.replay(CATALOGUE, letters, deliver, chunk=2)
+    assert batches == [2, 1]
+    assert report.replayed == 2 and report.matched == 3
+    assert [x.offset for x in report.acknowledged] == [0, 2]
+    (failed,) = report.failed
+    assert letters[1].where in failed and "too large" in failed
+    plan, kept = dlq.purge_plan(letters, report.acknowledged)
+    assert plan == {(SMS.dlq_name, 0): 1}  # offset 1 was not acknowledged: it and 2 stay
+    assert kept == [letters[2].where]
+
+
+def test_garbled_headers_never_break_a_replay() -> None:
+    garbled = dlq.DeadLetter(
+        SMS.dlq_name, 0, 5, 0.0, None, b"v", {},
+        raw_headers=[(H_ORIGINAL_TOPIC, SMS.name.encode()), (H_REPLAY_COUNT, b"lots"),
+                     ("trace", b"\xff")],
+    )  # fmt: skip
+    assert garbled.replay_count == 0
+    record = dlq.replay_record(CATALOGUE, garbled, max_replays=3, now=100.0)
+    assert dict(record.headers)[H_REPLAY_COUNT] == "1"
+    assert dict(record.headers)["trace"] == b"\xff"  # foreign headers kept as bytes
+    stray = dlq.DeadLetter(SMS.dlq_name, 0, 6, 0.0, None, b"v", {H_ORIGINAL_TOPIC: "elsewhere"})
+    report = dlq.replay(CATALOGUE, [stray], None)
+    assert report.replayed == 0 and "not a catalogue topic" in report.refused[0]
