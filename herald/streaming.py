@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter
 
+from herald.dlqlimit import GUARD_TRIPPED, GUARD_TRIPS, DlqLimitSettings
 from herald.errors import PermanentError, ProcessingError, RetryableError
 
 # The H_* header names are imported from here by many modules, so they are kept importable.
@@ -362,6 +363,7 @@ class BatchLoop:
         not_before: NotBefore | None = None,
         produce_backoff: Backoff | None = None,
         commit_backoff: Backoff | None = None,
+        dlq_guard: DlqLimitSettings | None = None,
     ) -> None:
         # herald.producer imports this module (Outgoing): import it when a loop is built.
         from herald.producer import AckedProducer
@@ -385,6 +387,10 @@ class BatchLoop:
         self.commit_backoff = commit_backoff or Backoff(0.5, 5.0)
         self._next_commit_retry = 0.0
         self.stop_event = threading.Event()
+        # The DLQ-flood guard (herald.dlqlimit), from HERALD_DLQ_GUARD_* unless given.
+        self.dlq_guard = dlq_guard if dlq_guard is not None else DlqLimitSettings()
+        self.dlq_limit = self.dlq_guard.limit()
+        GUARD_TRIPPED.labels(service).set(0)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -442,6 +448,14 @@ class BatchLoop:
                 deferrals.extend(holds)
         else:
             outgoing = result
+        outgoing, flooded = self._guard_dlq(records, outgoing)
+        if flooded:
+            # Last, so its (lower) offsets win over any later deferral of the same partition.
+            holds = hold(flooded, time.time() + self.dlq_guard.backoff_seconds)
+            self._defer(holds)
+            deferrals.extend(holds)
+            gone = {id(message) for message in flooded}
+            records = [message for message in records if id(message) not in gone]
         if not self.publish(outgoing):
             return len(records)  # stopped before Kafka acknowledged it: not committed
         # Explicit offsets: a rewound partition must not commit past its deferred record.
@@ -570,6 +584,33 @@ class BatchLoop:
                 consumer.resume(mine)
             except KafkaException as exc:  # lost partitions may be gone already
                 log.info("could not resume revoked partitions", extra={"error": str(exc)})
+
+    def _guard_dlq(
+        self, records: list[Message], outgoing: list[Outgoing]
+    ) -> tuple[list[Outgoing], list[Message]]:
+        """Feed the DLQ-flood guard this batch's outcomes (a record is invalid when the handler
+        made a dead letter of it, :func:`failure_record`). When it trips, the dead letters from
+        that record on are not produced: return the output without them, and the records to
+        hold (rewind and pause for the guard's back-off; they come again)."""
+        invalid = {id(o.origin) for o in outgoing if o.dead_letter and o.origin is not None}
+        index, reason = self.dlq_limit.check(id(message) in invalid for message in records)
+        if index is None:
+            GUARD_TRIPPED.labels(self.service).set(0)
+            return outgoing, []
+        flooded = [message for message in records[index:] if id(message) in invalid]
+        held = {id(message) for message in flooded}
+        kept = [o for o in outgoing if not (o.dead_letter and id(o.origin) in held)]
+        GUARD_TRIPPED.labels(self.service).set(1)
+        GUARD_TRIPS.labels(self.service).inc()
+        log.error(
+            "DLQ-flood guard tripped: %s; holding %d dead letters for %g s instead of producing"
+            " them (a bad deploy, not bad data? fix it and restart, or raise"
+            " HERALD_DLQ_GUARD_MAX_CONSECUTIVE / _MAX_INVALID_RATIO)",
+            reason,
+            len(flooded),
+            self.dlq_guard.backoff_seconds,
+        )
+        return kept, flooded
 
     def publish(self, outgoing: list[Outgoing]) -> bool:
         """Produce every record and wait until the broker has acknowledged all of them.
