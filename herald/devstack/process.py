@@ -94,7 +94,9 @@ def read_pid(pidfile: Path) -> int | None:
         return None
     except PermissionError:
         return pid
-    return pid
+    # A killed process whose parent has not reaped it yet (e.g. a SIGKILLed postmaster, whose
+    # parent is init) still answers signal 0, but it is not running.
+    return pid if _alive(pid) else None
 
 
 def spawn(

@@ -458,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(faults) - set(FAULTS)
     if unknown:
         parser.error(f"unknown faults: {', '.join(sorted(unknown))}")
+    # SIGTERM (e.g. from `timeout` or CI) unwinds like Ctrl-C, so the stack is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     modes = {"1": [1], "2": [2], "both": [1, 2]}[args.mode]
     verdicts = []
     for copies in modes:

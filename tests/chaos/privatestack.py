@@ -97,13 +97,17 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _gone(pid: int) -> bool:
+    """Whether ``pid`` has exited completely. A killed multi-threaded process (the JVM) shows
+    its main thread as a zombie while the other threads still run and hold its sockets, so a
+    zombie counts as gone only once it has no other thread left."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except (OSError, IndexError):
         return True
-    return state == "Z"
+    return state in ("Z", "X") and threads <= 1
 
 
 def sigkill_tree(pid: int, timeout: float = 15.0) -> None:
@@ -203,6 +207,10 @@ class PrivateStack:
             raise StackError(f"{part.name} is not running; nothing to kill")
         sigkill_tree(pid)
         deadline = time.monotonic() + part.start_timeout * 2
+        while part.answering():  # its listening socket goes with the last thread
+            if time.monotonic() > deadline:
+                raise StackError(f"{part.name} still answers after SIGKILL")
+            time.sleep(0.05)
         while True:
             try:
                 part.start()
@@ -213,4 +221,6 @@ class PrivateStack:
                     raise
                 self.say(f"{part.name}: restart failed ({exc}); retrying")
                 time.sleep(1)
+        if part.owned_pid() in (None, pid):
+            raise StackError(f"{part.name} was not started again after SIGKILL")
         return time.monotonic() - began

@@ -176,6 +176,8 @@ class Publisher:
         self.producer = Producer({
             "bootstrap.servers": kafka.bootstrap_servers, "partitioner": "murmur2_random",
             "enable.idempotence": True, "linger.ms": 5, "message.max.bytes": 2_000_000,
+            # The broker is killed on purpose: its reconnect errors are noise here.
+            "log_level": 2,
         })  # fmt: skip
         self.acked = 0
         self.failed: list[str] = []
