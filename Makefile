@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv run demo test unit lint format bench dev-up dev-down dev-status clean
+.PHONY: help venv run demo test unit lint format bench chaos dev-up dev-down dev-status clean
 
 help:
 	@echo "make run        bring everything up, play the demo scenarios, serve until Ctrl-C"
@@ -15,6 +15,8 @@ help:
 	@echo "make unit       only the unit tests (no broker, no database)"
 	@echo "make lint       ruff (lint + format check) and mypy"
 	@echo "make bench      throughput and latency of the pipeline; writes bench/results/latest.json"
+	@echo "make chaos      fault run on a private stack (kills, broker/PostgreSQL restarts, poison);"
+	@echo "                fails on any lost or duplicated delivery (CHAOS_ARGS=\"--events 600\")"
 	@echo "make dev-up     start the local stack (Kafka, PostgreSQL, SMTP sink, SMS stand-in)"
 	@echo "make dev-down   stop it"
 
@@ -49,6 +51,11 @@ format: venv
 
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Its own Kafka, PostgreSQL, SMTP sink and SMS stand-in (under .local/chaos/), never the shared
+# stack; one copy of each service, then two. See tests/chaos/harness.py --help.
+chaos: venv
+	$(BIN)/python -m tests.chaos.harness $(CHAOS_ARGS)
 
 dev-up: venv
 	$(BIN)/herald dev up

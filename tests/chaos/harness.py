@@ -257,10 +257,11 @@ class Run:
         last_blocking = 0.0
         deadline = time.monotonic() + plan.events / plan.rate * 4 + 600
 
-        def run_timers(everything: bool = False) -> None:
+        def run_timers(restarts: bool = False) -> None:
+            """Run the due timers (and with ``restarts`` every pending restart)."""
             now = time.monotonic()
-            for timer in sorted(timers):
-                if everything or timer[0] <= now:
+            for timer in sorted(timers, key=lambda t: t[0]):
+                if timer[0] <= now or (restarts and timer[1].startswith("restart")):
                     timers.remove(timer)
                     timer[2]()
 
@@ -281,9 +282,10 @@ class Run:
                 if plan.supervise:
                     timers.append((now + plan.restart_after, f"restart {name}", restart(name)))
             published = not publisher.thread.is_alive()
-            if published and not one_offs:
+            if published and not one_offs and (not kills or rotation >= len(fleet.rotation)):
                 break
-            if kills and not published and now >= next_kill:
+            # Kills go on while publishing, and at least once round every service.
+            if kills and (not published or rotation < len(fleet.rotation)) and now >= next_kill:
                 name = fleet.rotation[rotation % len(fleet.rotation)]
                 rotation += 1
                 if fleet.kill(name):
@@ -296,12 +298,14 @@ class Run:
                 if not blocking or now - last_blocking >= plan.min_gap:
                     one_offs.pop(0)
                     if blocking:
-                        run_timers(everything=True)  # no restart waits behind a long fault
+                        run_timers(restarts=True)  # no restart waits behind a long fault
                     self.fault(fault, publisher, timers)
                     if blocking:
                         last_blocking = time.monotonic()
             time.sleep(0.1)
-        run_timers(everything=True)
+        while timers:  # the outage's end and the last restarts
+            run_timers()
+            time.sleep(0.1)
 
     def fault(self, fault: str, publisher: wl.Publisher,
               timers: list[tuple[float, str, Callable[[], None]]]) -> None:  # fmt: skip

@@ -96,6 +96,8 @@ class ChannelCount:
 class Verdict:
     channels: dict[str, ChannelCount]
     dlq: Counter[tuple[str, str]]
+    #: the same, counting a record parked more than once (consumed again after a fault) once
+    dlq_distinct: Counter[tuple[str, str]]
     lag: dict[str, int]
     sms_dedup_hits: int
     specials: list[tuple[str, bool]]  # (kind, parked)
@@ -147,7 +149,10 @@ class Verdict:
         return {
             "passed": self.passed,
             "channels": {name: vars(count) for name, count in self.channels.items()},
-            "dlq": [{"topic": t, "error_class": e, "count": n} for (t, e), n in self.dlq.items()],
+            "dlq": [
+                {"topic": t, "error_class": e, "count": n, "distinct": self.dlq_distinct[(t, e)]}
+                for (t, e), n in self.dlq.items()
+            ],
             "lag": self.lag,
             "sms_dedup_hits": self.sms_dedup_hits,
             "specials": [{"kind": k, "parked": p} for k, p in self.specials],
@@ -162,9 +167,10 @@ class Verdict:
         for name, c in self.channels.items():
             lines.append(f"{name:<8}{c.expected:>10}{c.delivered:>11}{c.parked:>8}{c.lost:>7}"
                          f"{c.duplicated:>6}")  # fmt: skip
-        lines.append("dead letters:" + ("" if self.dlq else " none"))
+        lines.append("dead letters (records, distinct):" + ("" if self.dlq else " none"))
         for (topic, error_class), count in sorted(self.dlq.items()):
-            lines.append(f"  {topic:<36}{error_class:<28}{count:>6}")
+            distinct = self.dlq_distinct[(topic, error_class)]
+            lines.append(f"  {topic:<36}{error_class:<28}{count:>6}{distinct:>6}")
         lines.append("lag: " + ", ".join(f"{g} {n}" for g, n in self.lag.items()))
         lines.append(f"SMS requests the provider de-duplicated (same key): {self.sms_dedup_hits}")
         for kind, parked in self.specials:
@@ -230,6 +236,13 @@ def judge(workload: Workload, sinks: Sinks, lags: dict[str, int]) -> Verdict:
     return Verdict(
         channels=counts,
         dlq=Counter((letter.topic, letter.error_class) for letter in sinks.letters),
+        dlq_distinct=Counter(
+            (topic, error_class)
+            for topic, error_class, _, _ in {
+                (letter.topic, letter.error_class, letter.key, letter.value)
+                for letter in sinks.letters
+            }
+        ),
         lag=lags,
         sms_dedup_hits=sinks.sms_dedup_hits,
         specials=specials,

@@ -221,11 +221,18 @@ class Publisher:
         self.producer.poll(0)
 
     def _run(self) -> None:
-        began = time.monotonic()
+        began, base = time.monotonic(), 0
+        window = max(int(self.rate * 2), 10)  # at most ~2 s of events unacknowledged
         for n in range(self.total):
             if self.stop.is_set():
                 return
-            delay = began + n / self.rate - time.monotonic()
+            if n - self.acked > window:
+                # The broker is away: wait for it instead of queueing, and go on at the set
+                # rate afterwards (no burst that would leave the faults no time).
+                while n - self.acked > window and not self.stop.is_set():
+                    self.producer.poll(0.1)
+                began, base = time.monotonic(), n
+            delay = began + (n - base) / self.rate - time.monotonic()
             if delay > 0:
                 self.producer.poll(delay)
             self.publish(self.workload.ordinary(n), "event")
