@@ -207,6 +207,44 @@ def failure_record(
     )
 
 
+def too_large_stand_in(record: Outgoing, reason: str) -> Outgoing | None:
+    """What goes to the DLQ instead of a retry or dead-letter record too large to produce
+    (the original plus its failure headers can outgrow ``message.max.bytes``): a record with
+    the key, no value, the design headers only, and ``x-error-class: record.too_large`` naming
+    the previous error. The original stays findable through ``x-original-*`` until the source
+    topic's retention ends. None for any other record (a status event): nothing can be parked
+    for it; the caller logs and drops it."""
+    from herald.producer import TOO_LARGE  # herald.producer imports this module
+
+    if record.dlq_topic is None or (record.value is None and record.dead_letter):
+        return None  # not a failure record, or already a stand-in
+    read = read_headers(record.headers)
+    headers = write_headers(
+        [],
+        {
+            H_ATTEMPT: read.attempt,
+            H_ORIGINAL_TOPIC: read.original_topic,
+            H_ORIGINAL_PARTITION: read.original_partition,
+            H_ORIGINAL_OFFSET: read.original_offset,
+            H_FIRST_FAILED_AT: read.first_failed_at,
+            H_REPLAY_COUNT: read.replay_count,
+            H_ERROR_CLASS: TOO_LARGE,
+            H_ERROR_MESSAGE: (
+                f"its copy for {record.topic} was refused ({reason}); the value is not kept."
+                f" It had failed with {read.error_class}: {read.error_message}"
+            ),
+        },
+    )
+    return Outgoing(
+        record.dlq_topic,
+        record.key,
+        None,
+        headers,
+        origin=record.origin,
+        dlq_topic=record.dlq_topic,
+    )
+
+
 @dataclass
 class Handled:
     """What a handler did with a batch when it did not handle all of it.
@@ -631,13 +669,24 @@ class BatchLoop:
                 # The idempotent producer is unusable after a fatal error: start a new one.
                 self.producer = AckedProducer(self._producer_config)
             too_large = [(r, e) for r, e in refused if e.code() == KafkaError.MSG_SIZE_TOO_LARGE]
+            stand_ins = []
             for record, error in too_large:
                 ERRORS.labels(self.service, "record.too_large").inc()
-                log.error("output record refused as too large; dropped",
-                          extra={"topic": record.topic, "error": str(error)})  # fmt: skip
+                stand_in = too_large_stand_in(record, error.str())
+                if stand_in is not None:
+                    stand_ins.append(stand_in)
+                log.error(
+                    "output record refused as too large; "
+                    + ("a stand-in goes to the DLQ" if stand_in else "dropped"),
+                    extra={"topic": record.topic, "error": str(error)},
+                )
             waiting = [r for r, e in refused if e.code() != KafkaError.MSG_SIZE_TOO_LARGE]
             if not waiting:
+                if stand_ins:
+                    waiting = stand_ins
+                    continue
                 break
+            waiting.extend(stand_ins)
             PRODUCE_RETRIES.labels(self.service).inc()
             delay = self.produce_backoff.next()
             log.warning(
@@ -669,11 +718,8 @@ class BatchLoop:
             try:
                 self.producer.send(record, done)
             except RecordTooLarge as exc:
-                ERRORS.labels(self.service, exc.error_class).inc()
-                log.error(
-                    "output record can never be produced; dropped",
-                    extra={"topic": record.topic, "error": exc.message},
-                )
+                # Reported like a broker refusal: publish() parks a stand-in for it.
+                refused.append((record, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, exc.message)))
                 continue
             sent += 1
             RECORDS_OUT.labels(self.service, record.topic).inc()

@@ -9,12 +9,19 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
-from herald.headers import H_ATTEMPT, H_ERROR_CLASS, H_ERROR_MESSAGE, HEADERS_INVALID
+from herald.errors import PermanentError
+from herald.headers import (
+    H_ATTEMPT,
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_ORIGINAL_OFFSET,
+    HEADERS_INVALID,
+)
 from herald.serde import encode
 from herald.settings import DatabaseSettings, KafkaSettings, Settings
-from herald.streaming import headers_dict, producer_config
+from herald.streaming import BatchLoop, Outgoing, failure_record, headers_dict, producer_config
 from schemas import Catalogue
 from tests.integration.delivery_util import wait_for, wait_for_statuses
 from tests.integration.kafka_util import read_all
@@ -127,3 +134,33 @@ def test_inapp_store_parks_garbled_headers_and_stores_the_rest(
     assert "x-attempt='x'" in headers[H_ERROR_MESSAGE]
     wait_for(lambda: consumed_everything(kafka_settings, topics), 60, "everything committed")
     assert store.running()
+
+
+def test_a_dead_letter_too_large_to_produce_is_parked_as_a_stand_in(
+    kafka_settings: KafkaSettings, topics: Catalogue
+) -> None:
+    """The batch loop never drops a dead letter the producer refuses as too large: a small
+    stand-in (no value, record.too_large, the original's coordinates) goes to the DLQ."""
+    spec = topics.deliveries_sms
+    original = Message(
+        topic=spec.name, partition=0, offset=41, key=b"user-1", value=b"v" * 1_200_000
+    )
+    error = PermanentError("refused", error_class="sms.invalid_number")
+    dead = failure_record(
+        original, error, retry_topics=(), retry_delays_ms=(), dlq_topic=spec.dlq_name
+    )
+    loop = BatchLoop(
+        service="test-oversize", kafka=kafka_settings, topics=[spec.name], handler=lambda _: []
+    )
+    try:
+        assert loop.publish([dead, Outgoing(spec.dlq_name, b"k", b"small")])
+    finally:
+        loop.producer.close(5)
+        loop.consumer.close()
+    letters = read_all(kafka_settings, spec.dlq_name)
+    by_value = {m.value(): headers_dict(m) for m in letters}
+    assert set(by_value) == {b"small", None}
+    stand_in = by_value[None]
+    assert stand_in[H_ERROR_CLASS] == "record.too_large"
+    assert "sms.invalid_number: refused" in stand_in[H_ERROR_MESSAGE]
+    assert stand_in[H_ORIGINAL_OFFSET] == "41"

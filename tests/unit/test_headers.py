@@ -23,7 +23,7 @@ from herald.headers import (
     read_headers,
     write_headers,
 )
-from herald.streaming import failure_record, header_not_before
+from herald.streaming import Outgoing, failure_record, header_not_before, too_large_stand_in
 from services.inapp_store.batch import plan_batch
 
 NOW = 1_700_000_000.0
@@ -242,3 +242,18 @@ def test_sender_parks_a_delivery_with_garbled_headers_and_sends_the_rest() -> No
     (dead,) = [o for o in out if o.topic == ROUTES.dlq_topic]
     assert dict(dead.headers)[H_ERROR_CLASS] == HEADERS_INVALID
     assert dead.origin is not None and dead.origin.offset() == 2
+
+
+def test_a_failure_record_too_large_to_produce_gets_a_small_stand_in() -> None:
+    big = Message(topic="t", partition=2, offset=7, key=b"k", value=b"v" * 2_000_000)
+    error = PermanentError("bad", error_class="email.invalid_address")
+    dead = failure_record(big, error, retry_topics=(), retry_delays_ms=(), dlq_topic="t.dlq")
+    stand_in = too_large_stand_in(dead, "Broker: Message size too large")
+    assert stand_in is not None and stand_in.dead_letter and stand_in.value is None
+    assert stand_in.key == b"k" and stand_in.origin is big
+    read = read_headers(stand_in.headers)
+    assert read.ok and read.error_class == "record.too_large"
+    assert read.original_offset == 7 and read.original_topic == "t"
+    assert "email.invalid_address: bad" in (read.error_message or "")
+    assert too_large_stand_in(stand_in, "again") is None  # never a stand-in of a stand-in
+    assert too_large_stand_in(Outgoing("status", None, b"x" * 10), "big") is None
