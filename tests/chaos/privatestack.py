@@ -219,7 +219,8 @@ class PrivateStack:
                 # e.g. the old listening socket not released yet; try again until the deadline.
                 if time.monotonic() > deadline:
                     raise
-                self.say(f"{part.name}: restart failed ({exc}); retrying")
+                first = str(exc).strip().splitlines()[0]
+                self.say(f"{part.name}: restart failed ({first}); retrying")
                 time.sleep(1)
         if part.owned_pid() in (None, pid):
             raise StackError(f"{part.name} was not started again after SIGKILL")

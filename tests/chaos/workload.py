@@ -232,9 +232,9 @@ class Publisher:
                 while n - self.acked > window and not self.stop.is_set():
                     self.producer.poll(0.1)
                 began, base = time.monotonic(), n
-            delay = began + (n - base) / self.rate - time.monotonic()
-            if delay > 0:
-                self.producer.poll(delay)
+            due = began + (n - base) / self.rate
+            while (delay := due - time.monotonic()) > 0:
+                self.producer.poll(delay)  # returns early when it served a delivery report
             self.publish(self.workload.ordinary(n), "event")
         while self.producer.flush(1) and not self.stop.is_set():
             pass
