@@ -207,8 +207,9 @@ def write_headers(
     original: RawHeaders, updates: Mapping[str, str | bytes | int | float | None]
 ) -> list[tuple[str, RawValue]]:
     """``original`` with the headers in ``updates`` written anew (ints as digits, floats as
-    epoch seconds, str and bytes as they are; None removes the header). Every occurrence of an updated name is dropped
-    first, so a repeated header never survives; other headers are kept as they came."""
+    epoch seconds, str and bytes as they are; None removes the header). Every occurrence of an
+    updated name is dropped first, so a repeated header never survives; other headers are kept
+    as they came."""
     out = [(name, value) for name, value in _items(original) if name not in updates]
     for name, value in updates.items():
         if value is None:
