@@ -24,7 +24,7 @@ def test_short_chaos_run_loses_nothing_and_sends_nothing_twice() -> None:
         users=100,
         faults=("kills", "broker", "postgres", "sms-outage", "poison", "oversize"),
         kill_interval=8.0,
-        outage_seconds=6.0,
+        outage_seconds=15.0,
         start_timeout=120.0,
         settle_timeout=150.0,
         quiet_seconds=20.0,
