@@ -40,6 +40,7 @@ from faust.types import TP, EventT, StreamT
 from faust.types.tuples import Message
 
 from herald.digest import run_digest
+from herald.dlqlimit import GUARD_TRIPPED, GUARD_TRIPS, DlqLimit, DlqLimitSettings
 from herald.errors import PermanentError
 from herald.metrics import DELIVERIES, ERRORS, HEALTH, RECORDS_IN, RECORDS_OUT
 from herald.producer import AckedProducer
@@ -75,6 +76,9 @@ _POLL_S = router_settings.lookup_poll_ms / 1000
 hold_store = HoldStore(settings.database, settings.kafka, catalogue)
 
 
+#: The DLQ-flood guard's limits (``HERALD_DLQ_GUARD_*``), one guard per stage.
+_guard_settings = DlqLimitSettings()
+
 #: The offset of the last record each table feeder stored (or skipped), by partition.
 _stored: dict[TP, int] = {}
 
@@ -109,15 +113,58 @@ async def _route_stream(
     here is a bug, which marks the worker unready (``/readyz``) before it propagates.
     """
     manual = cast(Any, stream).noack()  # StreamT does not declare noack; Stream has it
+    guard = _guard_settings.limit()
     try:
         async for event in manual.events():
-            await outputs.submit(manual, event, await handle(event.message))
+            outgoing = await handle(event.message)
+            if _is_dead_letter(outgoing):
+                outgoing = await _guarded(stage, guard, event.message, outgoing, handle)
+            else:
+                guard.check([False])
+            await outputs.submit(manual, event, outgoing)
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
         HEALTH.degraded(SERVICE, f"agent.{stage}", f"crashed: {type(exc).__name__}: {exc}")
         log.critical("router agent crashed", extra={"agent": stage}, exc_info=True)
         raise
+
+
+def _is_dead_letter(outgoing: Sequence[Outgoing]) -> bool:
+    return any(record.topic == catalogue.events.dlq_name for record in outgoing)
+
+
+async def _guarded(
+    stage: str,
+    guard: DlqLimit,
+    message: Message,
+    outgoing: list[Outgoing],
+    handle: Callable[[Message], Awaitable[list[Outgoing]]],
+) -> list[Outgoing]:
+    """The DLQ-flood guard (herald.dlqlimit): when too many records in a row, or too large a
+    share, would go to the events DLQ — a bad deploy or a missing table, not bad data — the
+    stage stops there instead of draining its topic into the DLQ: it alerts
+    (``herald_dlq_guard_tripped{service="router"}``, ``/readyz``, an error in the log), waits,
+    and routes the same record again, until it routes or the guard lets it through."""
+    pause = _guard_settings.backoff_seconds
+    tripped = False
+    while True:
+        index, reason = guard.check([_is_dead_letter(outgoing)])
+        if index is None:
+            if tripped:
+                GUARD_TRIPPED.labels(SERVICE).set(0)
+                HEALTH.recovered(SERVICE, f"dlq_guard.{stage}")
+            return outgoing
+        tripped = True
+        GUARD_TRIPPED.labels(SERVICE).set(1)
+        GUARD_TRIPS.labels(SERVICE).inc()
+        HEALTH.degraded(SERVICE, f"dlq_guard.{stage}", f"{reason}; routing paused")
+        log.error(
+            "DLQ-flood guard tripped: not dead-lettering, routing again after a pause",
+            extra={**_where(message), "agent": stage, "reason": reason, "retry_in_s": pause},
+        )
+        await asyncio.sleep(pause)
+        outgoing = await handle(message)
 
 
 # --- stage 1 -------------------------------------------------------------------------------

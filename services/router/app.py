@@ -78,6 +78,14 @@ app = faust.App(
     broker_session_timeout=_session_timeout_s,
     broker_heartbeat_interval=max(_session_timeout_s / 4, 0.5),
     broker_commit_interval=router_settings.commit_interval_ms / 1000,
+    # Do not wait, on a rebalance or a stop, until every record being routed is acknowledged:
+    # a record can be held for long (the broker refuses its output, PostgreSQL is down for a
+    # quiet-hours hold, the DLQ-flood guard tripped), and Faust's wait has no time limit, so
+    # the worker would miss the rebalance or never stop. Nothing is lost by not waiting: a
+    # record is acknowledged only once its output is on the broker (services.router.outputs),
+    # so Faust commits only finished work, and the rest is routed again by the partition's
+    # next owner (the outputs have deterministic ids; the consumers downstream are idempotent).
+    stream_wait_empty=False,
     # Faust's own producer writes only the tables' changelogs now (the agents' output goes
     # through agents.Publisher).
     producer_linger=router_settings.producer_linger_ms / 1000,

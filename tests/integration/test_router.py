@@ -574,3 +574,54 @@ def test_garbled_headers_and_oversize_output_are_parked_and_routing_goes_on(
     wait_for(all_committed, DEADLINE, "both router inputs committed to their ends")
     assert answers("/readyz") == 200
     assert router.running()
+
+
+def test_the_dlq_flood_guard_stops_routing_instead_of_draining_into_the_dlq(
+    kafka: Kafka, start_router: Callable[..., ServiceProcess]
+) -> None:
+    """Events of a type the router does not know (as after a deploy that lost the event types)
+    go to the DLQ only up to the guard's limit; then the stage pauses and says why on
+    /readyz, and once the type exists (the fix) the held events are routed, not parked."""
+    run = uuid.uuid4().hex[:8]
+    catalogue = kafka.catalogue
+    bo = f"bo-{run}"
+    code = f"order.shipped.{run}"
+    kafka.user(user(bo))
+    port = free_port()
+    start_router(
+        ROUTER_METRICS_PORT=str(port),
+        ROUTER_LOOKUP_GRACE_MS="200",
+        HERALD_DLQ_GUARD_MAX_CONSECUTIVE="3",
+        HERALD_DLQ_GUARD_BACKOFF_SECONDS="1",
+    )
+    sent = [kafka.event(event(code, [bo])) for _ in range(6)]
+
+    def readyz() -> dict[str, Any] | None:
+        try:
+            reply = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        except httpx.TransportError:
+            return None
+        return reply.json() if reply.status_code == 503 else None
+
+    problems = wait_for(readyz, DEADLINE, "the guard to trip")["problems"]
+    assert any("dlq_guard.expand_events" in name for name in problems), problems
+    parked = wait_for(
+        at_least(3, lambda: kafka.messages(catalogue.events.dlq_name)), 20, "three dead letters"
+    )
+    assert [headers_dict(m)[H_ERROR_CLASS] for m in parked] == ["event_type.unknown"] * 3
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'herald_dlq_guard_tripped{service="router"} 1.0' in metrics
+
+    kafka.event_type(event_type(code, channels=["inapp"]))
+    routed = wait_for(
+        at_least(
+            3,
+            lambda: [n for n in kafka.records(catalogue.notifications.name) if n["user_id"] == bo],
+        ),
+        DEADLINE,
+        "the held events routed once the type exists",
+    )
+    parked_ids = {decode(m.value() or b"")["event_id"] for m in parked}
+    assert {n["event_id"] for n in routed} == set(sent) - parked_ids
+    assert len(kafka.messages(catalogue.events.dlq_name)) == 3
+    wait_for(lambda: readyz() is None, DEADLINE, "the router ready again")
