@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from herald.db import migrate
+from herald.devstack.process import StackError
 from herald.supervisor import ServiceProcess, start_service
 from herald.topics import create_topics
 from schemas import CATALOGUE, Catalogue
@@ -221,13 +222,17 @@ class Run:
             self.note(f"services killed by the harness: {fleet.kills}")
             return verdict
         finally:
-            if publisher is not None:
-                publisher.close()
-                del publisher  # its librdkafka threads would log the broker's shutdown
-                gc.collect()
-            if fleet is not None:
-                fleet.stop_all()
-            self.stack.down()
+            try:
+                if publisher is not None:
+                    publisher.close()
+                    del publisher  # its librdkafka threads would log the broker's shutdown
+                    gc.collect()
+            finally:
+                try:
+                    if fleet is not None:
+                        fleet.stop_all()
+                finally:
+                    self.stack.down()
             (self.stack.state_dir / "timeline.txt").write_text("\n".join(self.timeline) + "\n")
 
     # --- phases ----------------------------------------------------------------------------
@@ -473,8 +478,13 @@ def main(argv: list[str] | None = None) -> int:
             bulk_recipients=args.bulk_recipients, outage_seconds=args.outage_seconds,
             settle_timeout=args.settle_timeout, supervise=not args.no_supervise,
         )  # fmt: skip
-        verdicts.append(run_plan(plan, lambda line: print(line, flush=True)))
-    return 0 if all(v.passed for v in verdicts) else 1
+        try:
+            verdicts.append(run_plan(plan, lambda line: print(line, flush=True)).passed)
+        except (TimeoutError, StackError) as exc:
+            # e.g. the pipeline never answered: no verdict, but the other mode still runs.
+            print(f"== {plan.label}: FAILED before a verdict: {exc}", flush=True)
+            verdicts.append(False)
+    return 0 if all(verdicts) else 1
 
 
 if __name__ == "__main__":

@@ -244,7 +244,8 @@ class Publisher:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join(30)
+        if self.thread.ident is not None:  # it was started
+            self.thread.join(30)
         self.producer.flush(30)
 
 
