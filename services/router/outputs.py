@@ -1,14 +1,16 @@
 """The router's output: every record a Faust event made, produced through one acknowledged
 producer, and the event acknowledged to Faust only when all of them are on the broker.
 
-Faust commits, per partition, the offset after the longest run of acknowledged events from
-the last commit (``Consumer._new_offset``: an event acknowledged out of order waits for the
-ones before it). The agents iterate their streams with ``noack()``, so Faust acknowledges
-nothing by itself; :meth:`Outputs.submit` acknowledges an event from the producer's delivery
-report of its last output. Hence no offset is committed before what its record produced is
-acknowledged by Kafka — whether the agent is cancelled by a rebalance or a stop, the process
-is killed, or the broker refuses records — and the agent never waits for the broker: records
-are pipelined, bounded by ``max_in_flight`` (backpressure, not stop-and-wait).
+The agents iterate their streams with ``noack()``, so Faust acknowledges nothing by itself;
+:class:`Outputs` acknowledges an event once the producer's delivery reports say all its outputs
+are on the broker, and, per partition, in offset order: an event whose outputs are acked
+waits for every earlier event of its partition. (Faust commits the offset after the first run
+of consecutive acknowledged offsets, but it does not check that the run starts at its committed
+offset — offsets 101 and 102 acked before 100 would commit 103 — so out-of-order acks would
+let a commit skip an unfinished record.) Hence no offset is committed before what its record
+produced is acknowledged by Kafka — whether the agent is cancelled by a rebalance or a stop,
+the process is killed, or the broker refuses records — and the agent never waits for the
+broker: records are pipelined, bounded by ``max_in_flight`` (backpressure, not stop-and-wait).
 
 A record the broker refused (after librdkafka's own retries, ``message.timeout.ms``) is produced
 again with growing pauses until it is acknowledged: its event stays unacknowledged meanwhile,
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +51,10 @@ class _Pending:
     waiting: int
     dead_lettered: bool = False
 
+    @property
+    def partition(self) -> Any:
+        return self.event.message.tp
+
 
 class Outputs:
     """Produce what events made; acknowledge each event to Faust when its outputs are acked."""
@@ -71,7 +78,10 @@ class Outputs:
         self._on_record_out = on_record_out
         #: Records handed to the producer whose report has not been served yet.
         self.in_flight = 0
-        self._done: list[_Pending] = []
+        #: Per partition, the events not acknowledged to Faust yet, in offset order.
+        self._unacked: dict[Any, deque[_Pending]] = {}
+        #: Partitions whose oldest unacknowledged event may have finished.
+        self._ready: set[Any] = set()
         self._refused: list[tuple[Outgoing, _Pending]] = []
         self._retry_at = 0.0
         self._retry_pause = 0.5
@@ -84,8 +94,11 @@ class Outputs:
 
     async def submit(self, stream: Any, event: Any, outgoing: Sequence[Outgoing]) -> None:
         """Produce ``outgoing`` (what ``event`` made); the event is acked when all are acked."""
+        pending = _Pending(stream, event, len(outgoing))
+        self._unacked.setdefault(pending.partition, deque()).append(pending)
         if not outgoing:
-            await stream.ack(event)
+            self._ready.add(pending.partition)
+            await self._ack_done()
             return
         producer = self.producer
         if not all(producer.fits(record) for record in outgoing):
@@ -95,7 +108,7 @@ class Outputs:
                 f"message.max.bytes={producer.max_bytes}"
             )
             outgoing = [self._dead_letter(event, error)]
-        pending = _Pending(stream, event, len(outgoing))
+            pending.waiting = 1
         for record in outgoing:
             self._send(record, pending)
         producer.poll(0)
@@ -154,7 +167,7 @@ class Outputs:
     def _acknowledged(self, pending: _Pending) -> None:
         pending.waiting -= 1
         if pending.waiting == 0:
-            self._done.append(pending)
+            self._ready.add(pending.partition)
         if not self._refused and self._retry_pause > 0.5:
             self._retry_pause = 0.5
             self.health.recovered(self.service, "producer")
@@ -181,7 +194,12 @@ class Outputs:
         self._refused.append((record, pending))
 
     async def _ack_done(self) -> None:
-        while self._done:
-            done, self._done = self._done, []
-            for pending in done:
+        """Acknowledge, per partition, the finished events that no unfinished one precedes."""
+        while self._ready:
+            partition = self._ready.pop()
+            queue = self._unacked.get(partition)
+            while queue and queue[0].waiting == 0:
+                pending = queue.popleft()
                 await pending.stream.ack(pending.event)
+            if not queue:
+                self._unacked.pop(partition, None)

@@ -27,10 +27,20 @@ pytestmark = pytest.mark.integration
 
 
 @dataclass(eq=False)
+class FakeMessage:
+    tp: tuple[str, int]
+
+
+@dataclass(eq=False)
 class FakeEvent:
-    """Stands in for a Faust event: only its identity matters to Outputs."""
+    """Stands in for a Faust event: its identity and its partition matter to Outputs."""
 
     name: str
+    partition: int = 0
+
+    @property
+    def message(self) -> FakeMessage:
+        return FakeMessage(("input", self.partition))
 
 
 class Stream:
@@ -86,7 +96,7 @@ def test_events_are_acked_after_their_outputs_and_not_while_the_broker_refuses_t
     stream = Stream()
 
     async def scenario() -> None:
-        events = [FakeEvent(f"e{i}") for i in range(200)]
+        events = [FakeEvent(f"e{i}", i % 3) for i in range(200)]
         for event in events:
             records = [Outgoing(out, event.name, f"{event.name}/{n}".encode()) for n in range(3)]
             await outputs.submit(stream, event, records)
@@ -95,13 +105,21 @@ def test_events_are_acked_after_their_outputs_and_not_while_the_broker_refuses_t
         assert outputs.in_flight == 0
 
         # An event whose output the broker refuses (no such topic yet) is not acknowledged,
-        # the worker says why, and the record is produced again until it is accepted.
-        blocked = FakeEvent("blocked")
+        # the worker says why, and the record is produced again until it is accepted. The
+        # events after it in its partition wait for it, even those with nothing to produce;
+        # another partition's events do not.
+        blocked = FakeEvent("blocked", 1)
+        behind, empty, elsewhere = FakeEvent("behind", 1), FakeEvent("empty", 1), FakeEvent("x", 2)
         await outputs.submit(stream, blocked, [Outgoing(later, "k", b"v")])
+        await outputs.submit(stream, behind, [Outgoing(out, "k", b"behind")])
+        await outputs.submit(stream, empty, [])
+        await outputs.submit(stream, elsewhere, [Outgoing(out, "k", b"elsewhere")])
         await serve_until(outputs, lambda: "router-test/producer" in health.problems(), 30)
-        assert blocked not in stream.acked
+        await serve_until(outputs, lambda: elsewhere in stream.acked, 30)
+        assert not {blocked, behind, empty} & set(stream.acked)
         create(kafka_settings, later)
-        await serve_until(outputs, lambda: blocked in stream.acked, 90)
+        await serve_until(outputs, lambda: empty in stream.acked, 90)
+        assert stream.acked[-4:] == [elsewhere, blocked, behind, empty]
         assert "router-test/producer" not in health.problems()
 
         # An output larger than message.max.bytes: the input goes to the DLQ instead.
@@ -111,7 +129,7 @@ def test_events_are_acked_after_their_outputs_and_not_while_the_broker_refuses_t
 
     asyncio.run(scenario())
     values = sorted(m.value() or b"" for m in read_all(kafka_settings, out))
-    assert len(values) == 600 and len(set(values)) == 600
+    assert len(values) == 602 and len(set(values)) == 602
     assert [m.value() for m in read_all(kafka_settings, later)] == [b"v"]
     parked = read_all(kafka_settings, dlq)
     assert [(m.key(), dict(m.headers() or [])) for m in parked] == [
