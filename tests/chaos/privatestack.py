@@ -132,6 +132,9 @@ class PrivateStack:
         self.settings = private_settings(self.state_dir)
         shared_libs = get_settings().local.local_dir / "kafka" / "libs"
         self.parts = components(self.settings, private=True, kafka_libs=shared_libs)
+        # Production keeps acknowledged commits across a server crash; the dev stack's "off"
+        # would make the PostgreSQL SIGKILL lose the last commits by configuration.
+        self.postgres.synchronous_commit = "on"
         self.started: list[Component] = []
 
     def part(self, kind: type[Component]) -> Component:
