@@ -405,18 +405,23 @@ class Run:
                 if self.plan.supervise:
                     fleet.start(name)
             try:
+                # Lag first: what the groups committed by then is in the sinks read after it.
+                lags = lag(settings, self.catalogue)
                 verdict = judge(workload, read_sinks(settings, self.catalogue, self.smtp_api),
-                                lag(settings, self.catalogue))  # fmt: skip
+                                lags)  # fmt: skip
             except Exception as exc:
                 self.note(f"reading the sinks failed ({exc!r}); again")
                 time.sleep(2)
                 continue
+            delivered = tuple((name, c.delivered) for name, c in verdict.channels.items())
             state = (verdict.lost, verdict.duplicated, verdict.total_lag,
-                     tuple(sorted(verdict.dlq.items())))  # fmt: skip
-            if state != last:
+                     tuple(sorted(verdict.dlq.items())), delivered)  # fmt: skip
+            stable = state == last
+            if not stable:
                 last, since = state, time.monotonic()
                 self.note(f"waiting: unresolved {verdict.lost}, lag {verdict.lag}")
-            if verdict.lost == 0 and verdict.total_lag == 0:
+            # Resolved, and the same on two reads in a row (replayed records may be in flight).
+            if verdict.lost == 0 and verdict.total_lag == 0 and stable:
                 self.note("every expected delivery resolved, no lag")
                 return verdict
             if verdict.total_lag == 0 and time.monotonic() - since > self.plan.quiet_seconds:
