@@ -80,13 +80,23 @@ class AckedProducer:
         """The underlying confluent-kafka producer (for metadata calls and tests)."""
         return self._producer
 
+    @staticmethod
+    def size(record: Outgoing) -> int:
+        """The bytes of ``record``'s key, value and headers (what ``message.max.bytes`` bounds,
+        less a little framing)."""
+        return _size(record)
+
+    def fits(self, record: Outgoing) -> bool:
+        """Whether ``record`` is small enough to be produced at all."""
+        return _size(record) <= self.max_bytes
+
     def send(self, record: Outgoing, on_done: OnDone) -> None:
         """Queue ``record``; ``on_done`` is called from :meth:`poll` (or a flush) with its report.
 
         Waits (serving reports) while the local queue is full. Raises :class:`RecordTooLarge`
         for a record that can never be produced; ``on_done`` is then not called.
         """
-        if _size(record) > self.max_bytes:
+        if not self.fits(record):
             raise RecordTooLarge(
                 f"record of {_size(record)} bytes for {record.topic} exceeds "
                 f"message.max.bytes={self.max_bytes}"
