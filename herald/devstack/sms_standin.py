@@ -11,6 +11,12 @@
   tests sharing the stand-in do not disturb each other), ``DELETE /control/fail`` (all, or
   ``?to_prefix=`` only that one), ``GET /control/log`` (every request with its answer),
   ``DELETE /control/messages``.
+- Answer latency: ``POST /control/latency`` ``{"ms": 100}`` (``GET`` reads it); the start
+  value comes from ``--latency-ms`` or ``HERALD_SMS_STANDIN_LATENCY_MS`` (default 0). Each
+  message post waits that long before its answer, without holding up other connections.
+
+Everything is kept in memory on one event loop (no locks, no thread pool); accepted messages
+are also appended to ``--store`` (JSON lines), written in batches and never fsynced.
 
 Run: ``python -m herald.devstack.sms_standin --port 18025 --store FILE``.
 """
@@ -18,19 +24,27 @@ Run: ``python -m herald.devstack.sms_standin --port 18025 --store FILE``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, Form, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+from herald.devstack.httpd import (
+    HttpServer,
+    Request,
+    Response,
+    latency_from_env,
+    run_until_signalled,
+)
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 GSM7_SEGMENT, GSM7_MULTI, UCS2_SEGMENT, UCS2_MULTI = 160, 153, 70, 67
+LATENCY_ENV = "HERALD_SMS_STANDIN_LATENCY_MS"
+MESSAGES = re.compile(r"^/2010-04-01/Accounts/([^/]+)/Messages\.json$")
+FLUSH_SECONDS = 0.2
 
 
 def segments(body: str) -> int:
@@ -40,142 +54,196 @@ def segments(body: str) -> int:
 
 
 class Provider:
-    def __init__(self, store: Path | None) -> None:
+    """Messages, faults and the request log; touched only from the event loop."""
+
+    def __init__(self, store: Path | None, latency_ms: float = 0.0) -> None:
         self.store = store
-        self.lock = threading.Lock()
+        self.latency_ms = latency_ms
         self.messages: list[dict[str, Any]] = []
+        self.by_account: dict[str, list[dict[str, Any]]] = {}
         self.by_key: dict[str, dict[str, Any]] = {}
         self.faults: list[dict[str, Any]] = []
         self.log: list[dict[str, Any]] = []
+        self.pending: list[str] = []  # store lines not written yet
 
     def take_fault(self, to: str) -> dict[str, Any] | None:
         """The first fault that applies to ``to`` (used up by one when it has a count)."""
-        with self.lock:
-            for fault in list(self.faults):
-                if not to.startswith(fault.get("to_prefix") or ""):
+        for fault in list(self.faults):
+            if not to.startswith(fault.get("to_prefix") or ""):
+                continue
+            if fault.get("count") is not None:
+                if fault["count"] <= 0:
+                    self.faults.remove(fault)
                     continue
-                if fault.get("count") is not None:
-                    if fault["count"] <= 0:
-                        self.faults.remove(fault)
-                        continue
-                    fault["count"] -= 1
-                return dict(fault)
-            return None
+                fault["count"] -= 1
+            return dict(fault)
+        return None
 
+    def note(self, entry: dict[str, Any]) -> None:
+        self.log.append({**entry, "at": time.time()})
 
-def create_app(store: Path | None = None) -> FastAPI:
-    app = FastAPI(title="Herald SMS provider stand-in")
-    provider = Provider(store)
-    app.state.provider = provider
-
-    def note(entry: dict[str, Any]) -> None:
-        with provider.lock:
-            provider.log.append({**entry, "at": time.time()})
-
-    @app.post("/2010-04-01/Accounts/{account_sid}/Messages.json", status_code=201)
-    def create_message(
-        account_sid: str,
-        to: Annotated[str, Form(alias="To")],
-        body: Annotated[str, Form(alias="Body")],
-        from_: Annotated[str, Form(alias="From")] = "",
-        idempotency_token: Annotated[str | None, Header(alias="I-Twilio-Idempotency-Token")] = None,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-    ) -> Any:
-        key = idempotency_token or idempotency_key
-        fault = provider.take_fault(to)
+    def send(self, account_sid: str, to: str, from_: str, body: str, key: str | None) -> Response:
+        fault = self.take_fault(to)
         if fault is not None:
-            note({"to": to, "key": key, "status": fault["status"]})
+            self.note({"to": to, "key": key, "status": fault["status"]})
             headers = {"Retry-After": str(fault["retry_after"])} if fault.get("retry_after") else {}
-            return JSONResponse(
+            return Response(
+                int(fault["status"]),
                 {"code": 20500, "message": fault.get("message") or "injected failure",
                  "status": fault["status"]},
-                status_code=int(fault["status"]),
-                headers=headers,
+                headers,
             )  # fmt: skip
         if not E164.match(to):
-            note({"to": to, "key": key, "status": 400})
-            return JSONResponse(
+            self.note({"to": to, "key": key, "status": 400})
+            return Response(
+                400,
                 {"code": 21211, "message": f"The 'To' number {to} is not a valid phone number.",
                  "status": 400},
-                status_code=400,
             )  # fmt: skip
-        with provider.lock:
-            if key and key in provider.by_key:
-                provider.log.append({"to": to, "key": key, "status": 200, "duplicate": True})
-                return provider.by_key[key]
-            message = {
-                "sid": "SM" + uuid.uuid4().hex,
-                "account_sid": account_sid,
-                "to": to,
-                "from": from_,
-                "body": body,
-                "status": "queued",
-                "num_segments": str(segments(body)),
-                "date_created": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime()),
-                "idempotency_key": key,
-            }
-            provider.messages.append(message)
-            if key:
-                provider.by_key[key] = message
-            provider.log.append({"to": to, "key": key, "status": 201, "sid": message["sid"]})
-            if provider.store is not None:
-                with open(provider.store, "a") as fh:
-                    fh.write(json.dumps(message) + "\n")
-        return message
+        if key and key in self.by_key:
+            self.log.append({"to": to, "key": key, "status": 200, "duplicate": True})
+            return Response(201, self.by_key[key])
+        message = {
+            "sid": "SM" + uuid.uuid4().hex,
+            "account_sid": account_sid,
+            "to": to,
+            "from": from_,
+            "body": body,
+            "status": "queued",
+            "num_segments": str(segments(body)),
+            "date_created": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime()),
+            "idempotency_key": key,
+        }
+        self.messages.append(message)
+        self.by_account.setdefault(account_sid, []).append(message)
+        if key:
+            self.by_key[key] = message
+        self.log.append({"to": to, "key": key, "status": 201, "sid": message["sid"]})
+        if self.store is not None:
+            self.pending.append(json.dumps(message) + "\n")
+        return Response(201, message)
 
-    @app.get("/2010-04-01/Accounts/{account_sid}/Messages.json")
-    def list_messages(account_sid: str) -> dict[str, Any]:
-        with provider.lock:
-            return {"messages": [m for m in provider.messages if m["account_sid"] == account_sid]}
+    def clear(self) -> None:
+        self.messages.clear()
+        self.by_account.clear()
+        self.by_key.clear()
+        self.log.clear()
 
-    @app.post("/control/fail")
-    async def set_fault(request: Request) -> dict[str, Any]:
-        fault = await request.json()
+    def flush(self) -> None:
+        """Append the pending store lines in one write (no fsync: a stand-in, not a ledger)."""
+        if self.store is None or not self.pending:
+            return
+        lines, self.pending = self.pending, []
+        with open(self.store, "a") as fh:
+            fh.write("".join(lines))
+
+
+def create_server(provider: Provider) -> HttpServer:
+    server = HttpServer()
+
+    def is_messages(path: str) -> bool:
+        return MESSAGES.match(path) is not None
+
+    @server.route("POST", is_messages)
+    async def create_message(request: Request) -> Response:
+        match = MESSAGES.match(request.path)
+        assert match is not None
+        form = request.form()
+        missing = [name for name in ("To", "Body") if name not in form]
+        if missing:
+            return Response(
+                422,
+                {"detail": [{"type": "missing", "loc": ["body", name], "msg": "Field required"}
+                            for name in missing]},
+            )  # fmt: skip
+        if provider.latency_ms > 0:
+            await asyncio.sleep(provider.latency_ms / 1000)
+        key = request.headers.get("i-twilio-idempotency-token") or request.headers.get(
+            "idempotency-key"
+        )
+        return provider.send(match.group(1), form["To"], form.get("From", ""), form["Body"], key)
+
+    @server.route("GET", is_messages)
+    async def list_messages(request: Request) -> Response:
+        match = MESSAGES.match(request.path)
+        assert match is not None
+        return Response(200, {"messages": list(provider.by_account.get(match.group(1), []))})
+
+    def at(path: str) -> Any:
+        return lambda candidate: candidate == path
+
+    @server.route("POST", at("/control/fail"))
+    async def set_fault(request: Request) -> Response:
+        try:
+            fault = request.json()
+        except ValueError:
+            fault = None
         if not isinstance(fault, dict) or not isinstance(fault.get("status"), int):
-            raise HTTPException(400, "body must be JSON with an integer 'status'")
-        with provider.lock:
-            provider.faults.append(fault)
-        return fault
+            return Response(400, {"detail": "body must be JSON with an integer 'status'"})
+        provider.faults.append(fault)
+        return Response(200, fault)
 
-    @app.delete("/control/fail")
-    def clear_fault(to_prefix: str | None = None) -> dict[str, str]:
-        with provider.lock:
-            provider.faults = [
-                fault
-                for fault in provider.faults
-                if to_prefix is not None and fault.get("to_prefix") != to_prefix
-            ]
-        return {"status": "cleared"}
+    @server.route("DELETE", at("/control/fail"))
+    async def clear_fault(request: Request) -> Response:
+        to_prefix = request.arg("to_prefix")
+        provider.faults = [
+            fault
+            for fault in provider.faults
+            if to_prefix is not None and fault.get("to_prefix") != to_prefix
+        ]
+        return Response(200, {"status": "cleared"})
 
-    @app.get("/control/log")
-    def get_log() -> list[dict[str, Any]]:
-        with provider.lock:
-            return list(provider.log)
+    @server.route("GET", at("/control/log"))
+    async def get_log(request: Request) -> Response:
+        return Response(200, list(provider.log))
 
-    @app.delete("/control/messages")
-    def clear_messages() -> dict[str, str]:
-        with provider.lock:
-            provider.messages.clear()
-            provider.by_key.clear()
-            provider.log.clear()
-        return {"status": "cleared"}
+    @server.route("DELETE", at("/control/messages"))
+    async def clear_messages(request: Request) -> Response:
+        provider.clear()
+        return Response(200, {"status": "cleared"})
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @server.route("GET", at("/control/latency"))
+    async def get_latency(request: Request) -> Response:
+        return Response(200, {"ms": provider.latency_ms})
 
-    return app
+    @server.route("POST", at("/control/latency"))
+    async def set_latency(request: Request) -> Response:
+        try:
+            ms = request.json().get("ms")
+            provider.latency_ms = max(0.0, float(ms))
+        except (ValueError, TypeError, AttributeError):
+            return Response(400, {"detail": "body must be JSON with a number 'ms'"})
+        return Response(200, {"ms": provider.latency_ms})
+
+    @server.route("GET", at("/healthz"))
+    async def healthz(request: Request) -> Response:
+        return Response(200, {"status": "ok"})
+
+    return server
+
+
+async def serve(host: str, port: int, provider: Provider) -> None:
+    server = await create_server(provider).start(host, port)
+    try:
+        await run_until_signalled(provider.flush, FLUSH_SECONDS)
+    finally:
+        server.close()
 
 
 def main() -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(description="Herald's SMS provider stand-in")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=None,
+        help=f"answer latency of a message post (default: ${LATENCY_ENV} or 0)",
+    )
     args = parser.parse_args()
-    uvicorn.run(create_app(args.store), host=args.host, port=args.port, log_level="warning")
+    latency = args.latency_ms if args.latency_ms is not None else latency_from_env(LATENCY_ENV)
+    asyncio.run(serve(args.host, args.port, Provider(args.store, latency)))
 
 
 if __name__ == "__main__":
