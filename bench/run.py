@@ -8,6 +8,8 @@
 4. Latency: publishes again at half the measured peak rate (or at `--latency-rate`); p50/p99
    from publish to the delivery's final status row.
 5. Reference: a raw confluent-kafka produce→consume of the same number of same-size messages.
+6. The provider stand-ins' own ceiling at 0 ms latency (bench/standins.py), measured first on
+   private copies, so that a sender figure can be told apart from a stand-in limit.
 Prints a table and writes bench/results/latest.json. Stops what it started.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, Producer
 
+from bench.standins import STANDIN_LABELS, ceilings
 from herald.db import migrate
 from herald.db.engine import search_path_options
 from herald.devstack import stack
@@ -200,7 +203,18 @@ def main() -> None:
         default=None,
         help="events/s of the latency run (default: half of the measured peak)",
     )
+    parser.add_argument(
+        "--standin-seconds", type=float, default=3, help="time bound of each stand-in run"
+    )
+    parser.add_argument(
+        "--skip-standins", action="store_true", help="do not measure the stand-ins' ceiling"
+    )
     args = parser.parse_args()
+
+    standins: dict[str, float] = {}
+    if not args.skip_standins:
+        print("measuring the provider stand-ins' ceiling...", flush=True)
+        standins = ceilings(seconds=args.standin_seconds)
 
     settings = get_settings()
     started_parts = stack.up(settings, say=lambda line: print(line, flush=True))
@@ -301,6 +315,7 @@ def main() -> None:
             },
             "raw_kafka_produce_consume_msgs_per_s": round(raw, 1),
             "event_bytes": event_size,
+            **standins,
         }
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
@@ -316,6 +331,7 @@ def main() -> None:
             ),
             ("raw confluent-kafka produce→consume msgs/s", f"{raw:,.0f}"),
         ]
+        rows += [(STANDIN_LABELS[key], f"{value:,.0f}") for key, value in standins.items()]
         width = max(len(r[0]) for r in rows)
         print()
         for name, value in rows:

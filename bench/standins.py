@@ -25,6 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ACCOUNT = "ACbench0000000000000000000000000000"
+CONCURRENCY = 32
+# The keys :func:`ceilings` returns (bench/results/latest.json) and their rows in the table.
+STANDIN_LABELS = {
+    "standin_sms_max_per_s": f"SMS stand-in ceiling, requests/s ({CONCURRENCY} clients, 0 ms)",
+    "standin_smtp_max_per_s": f"SMTP sink ceiling, messages/s ({CONCURRENCY} sessions, 0 ms)",
+    "standin_smtp_one_connection_per_s": "SMTP sink, messages/s on one session (0 ms)",
+}
 
 
 def free_port() -> int:
@@ -172,11 +179,11 @@ def measure_smtp(concurrency: int, seconds: float, limit: int, latency_ms: float
             return asyncio.run(_drive(_smtp_client, port, concurrency, seconds, limit))
 
 
-def ceilings(concurrency: int = 32, seconds: float = 5, limit: int = 200_000) -> dict[str, float]:
-    """The stand-ins' own ceilings at 0 ms latency, under the keys bench/run.py writes."""
+def ceilings(seconds: float = 5, limit: int = 200_000) -> dict[str, float]:
+    """The stand-ins' own ceilings at 0 ms latency, under the keys of :data:`STANDIN_LABELS`."""
     return {
-        "standin_sms_max_per_s": round(measure_sms(concurrency, seconds, limit), 1),
-        "standin_smtp_max_per_s": round(measure_smtp(concurrency, seconds, limit), 1),
+        "standin_sms_max_per_s": round(measure_sms(CONCURRENCY, seconds, limit), 1),
+        "standin_smtp_max_per_s": round(measure_smtp(CONCURRENCY, seconds, limit), 1),
         "standin_smtp_one_connection_per_s": round(measure_smtp(1, seconds, limit), 1),
     }
 
@@ -185,7 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=5, help="time bound of each run")
     parser.add_argument("--requests", type=int, default=200_000, help="count bound of each run")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="concurrent clients")
     parser.add_argument("--latency-ms", type=float, default=0, help="the stand-ins' latency")
     parser.add_argument("--only", choices=["sms", "smtp"], default=None)
     args = parser.parse_args()
