@@ -11,19 +11,20 @@ from herald.sender import serve_channel
 from herald.settings import get_settings
 from services.email_sender.message import build_message, envelope_sender
 from services.email_sender.settings import EmailSenderSettings
-from services.email_sender.smtp import SmtpEndpoint, SmtpTransport
+from services.email_sender.smtp import SmtpEndpoint, SmtpPool, SmtpTransport
 
 SERVICE = "email_sender"
 CHANNEL = "email"
 
 
 class EmailSender:
-    """The email channel's send function: build the message, hand it to SMTP.
+    """The email channel's send function: build the message, hand it to SMTP (with an
+    :class:`SmtpPool`, safe to call from several threads at once).
 
     Returns the Message-ID (``<delivery_id@herald>``) as the provider message id.
     """
 
-    def __init__(self, transport: SmtpTransport, from_header: str) -> None:
+    def __init__(self, transport: SmtpTransport | SmtpPool, from_header: str) -> None:
         self.transport = transport
         self.from_header = from_header
         # Checked once at start-up: a bad EMAIL_FROM should stop the service, not fail mail.
@@ -43,8 +44,10 @@ def main() -> int:
     logs.configure(own.log_level)
     settings = get_settings()
     serve_metrics(own.metrics_port)
-    transport = SmtpTransport(
+    # One connection per send in flight (EMAIL_SENDER_CONCURRENCY).
+    transport = SmtpPool(
         SmtpEndpoint.from_url(settings.smtp.smtp_url),
+        own.concurrency,
         timeout=own.smtp_timeout_seconds,
         idle_check_seconds=own.smtp_idle_check_seconds,
     )

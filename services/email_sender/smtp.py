@@ -1,14 +1,16 @@
-"""SMTP transport with one connection kept open across records and batches.
+"""SMTP transports: one connection kept open across records and batches, and a pool of them.
 
 Opening an SMTP session (TCP, greeting, EHLO, maybe TLS and AUTH) costs more than sending one
 message, so the transport keeps its connection, checks it with NOOP after it sat idle, and
-reconnects when the server dropped it. Every failure is translated into a typed error by
+reconnects when the server dropped it. :class:`SmtpPool` holds several, one per message in
+flight, each used by one thread at a time. Every failure is translated into a typed error by
 :func:`smtp_error`: a 5xx reply is permanent, a 4xx reply or a network problem is retryable.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import smtplib
 import ssl
 import time
@@ -177,3 +179,33 @@ class SmtpTransport:
         self.connections_opened += 1
         log.info("SMTP connected", extra={"host": endpoint.host, "port": endpoint.port})
         return smtp
+
+
+class SmtpPool:
+    """``size`` :class:`SmtpTransport` s to one endpoint, lent to one sending thread each.
+
+    A connection is opened on its first use, so an idle pool holds no sessions.
+    """
+
+    def __init__(self, endpoint: SmtpEndpoint, size: int, **options: float) -> None:
+        self.transports = [SmtpTransport(endpoint, **options) for _ in range(size)]
+        self._free: queue.SimpleQueue[SmtpTransport] = queue.SimpleQueue()
+        for transport in self.transports:
+            self._free.put(transport)
+
+    @property
+    def connections_opened(self) -> int:
+        return sum(transport.connections_opened for transport in self.transports)
+
+    def send(self, message: EmailMessage, *, envelope_from: str, recipient: str) -> None:
+        """Send on a free connection (waiting for one); like :meth:`SmtpTransport.send`."""
+        transport = self._free.get()
+        try:
+            transport.send(message, envelope_from=envelope_from, recipient=recipient)
+        finally:
+            self._free.put(transport)
+
+    def close(self) -> None:
+        """Close every connection."""
+        for transport in self.transports:
+            transport.close()

@@ -4,7 +4,7 @@ herald.streaming, with a fake ``send`` and fake Kafka messages (no broker)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 import pytest
@@ -14,6 +14,7 @@ from herald.errors import PermanentError, RetryableError
 from herald.sender import (
     OUTCOME_UNKNOWN,
     Breaker,
+    Claim,
     JournalEntry,
     RecentlySent,
     SenderHandler,
@@ -116,6 +117,8 @@ class Journal:
     def __init__(self, entries: dict[str, JournalEntry] | None = None) -> None:
         self.entries = dict(entries or {})
         self.calls: list[tuple[str, Any]] = []
+        #: The size of each claim_many / confirm_many group.
+        self.groups: list[tuple[str, int]] = []
 
     def states(self, delivery_ids: Collection[str]) -> dict[str, JournalEntry]:
         self.calls.append(("states", set(delivery_ids)))
@@ -138,6 +141,21 @@ class Journal:
         self.calls.append(("release", delivery_id))
         if self.entries.get(delivery_id) == JournalEntry("sending"):
             del self.entries[delivery_id]
+
+    def claim_many(self, claims: Sequence[Claim], channel: str) -> set[str]:
+        self.groups.append(("claim", len(claims)))
+        return {
+            c.delivery_id for c in claims if self.claim(c.delivery_id, channel, c.attempt, c.seen)
+        }
+
+    def confirm_many(self, confirmed: Sequence[tuple[str, str]]) -> None:
+        self.groups.append(("confirm", len(confirmed)))
+        for delivery_id, provider_message_id in confirmed:
+            self.confirm(delivery_id, provider_message_id)
+
+    def release_many(self, delivery_ids: Sequence[str]) -> None:
+        for delivery_id in delivery_ids:
+            self.release(delivery_id)
 
 
 class Sender:

@@ -1,0 +1,145 @@
+"""Sending many deliveries at once, within the provider's rate limit.
+
+:class:`SendPool` runs a channel's blocking ``send`` on up to ``concurrency`` threads (the
+provider answers in 50-300 ms; the GIL is released while a thread waits on its socket), and
+:class:`TokenBucket` spaces the sends so that all of them together stay within the
+provider's rate limit. The pool only sends: claims, confirmations and every decision stay on
+the batch thread (:class:`herald.sender.handler.SenderHandler`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
+
+from prometheus_client import Counter, Gauge
+
+RATE_LIMITED = Counter(
+    "herald_sender_rate_limited_seconds_total",
+    "Seconds sends waited for the provider's rate limit (summed over concurrent sends)",
+    ["channel"],
+)
+RATE_LIMIT = Gauge(
+    "herald_sender_rate_limit_per_second",
+    "The configured provider rate limit (sends per second; 0: unlimited)",
+    ["channel"],
+)
+IN_FLIGHT = Gauge(
+    "herald_sender_in_flight",
+    "Sends handed to the provider and not yet answered",
+    ["channel"],
+)
+CONCURRENCY = Gauge(
+    "herald_sender_concurrency",
+    "The most sends this sender keeps in flight",
+    ["channel"],
+)
+
+
+class SendFunction(Protocol):
+    """A channel's way of sending one delivery; safe to call from several threads at once.
+
+    Returns the provider's id for the sent message (the email's Message-ID, the SMS sid);
+    raises :class:`~herald.errors.RetryableError` or :class:`~herald.errors.PermanentError`
+    when it could not send.
+    """
+
+    def __call__(self, request: Mapping[str, Any]) -> str: ...
+
+
+class TokenBucket:
+    """At most ``rate`` acquisitions a second on average and ``burst`` at once, across all
+    threads; ``rate`` 0 is unlimited.
+
+    An acquisition takes a token even when none is left (the count goes negative) and is
+    told how long to wait for it, so concurrent callers queue up in order, evenly spaced.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        #: Default: a tenth of a second's worth (at least one).
+        self.burst = burst if burst is not None else max(1.0, rate / 10)
+        self.clock = clock
+        self.sleep = sleep
+        self.tokens = self.burst
+        self.updated = clock()
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take a token; the seconds to wait before using it (0 when one was there)."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            self.tokens -= 1
+            return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def acquire(self) -> float:
+        """Take a token, waiting for it; return the seconds waited."""
+        wait = self.reserve()
+        if wait > 0:
+            self.sleep(wait)
+        return wait
+
+
+class SendPool:
+    """Calls ``send`` on up to ``concurrency`` threads, each call after a token of ``limit``.
+
+    ``concurrency`` 1 sends on the calling thread (no threads at all).
+    """
+
+    def __init__(
+        self,
+        send: SendFunction,
+        *,
+        channel: str,
+        concurrency: int = 1,
+        limit: TokenBucket | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        self.send = send
+        self.channel = channel
+        self.concurrency = concurrency
+        self.limit = limit or TokenBucket(0)
+        self._executor = (
+            ThreadPoolExecutor(concurrency, thread_name_prefix=f"send-{channel}")
+            if concurrency > 1
+            else None
+        )
+        RATE_LIMIT.labels(channel).set(self.limit.rate)
+        CONCURRENCY.labels(channel).set(concurrency)
+
+    def submit(self, request: Mapping[str, Any]) -> Future[str]:
+        """Start sending ``request``; the future holds the provider id or the exception."""
+        if self._executor is not None:
+            return self._executor.submit(self._send, request)
+        future: Future[str] = Future()
+        try:
+            future.set_result(self._send(request))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def _send(self, request: Mapping[str, Any]) -> str:
+        waited = self.limit.acquire()
+        if waited:
+            RATE_LIMITED.labels(self.channel).inc(waited)
+        return self.send(request)
+
+    def close(self) -> None:
+        """Wait for the sends in flight, then stop the threads."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)

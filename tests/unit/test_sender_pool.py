@@ -1,0 +1,192 @@
+"""Concurrent sends (herald.sender.pool): the token bucket with a fake clock, and the batch
+handler keeping many sends in flight without giving up the journal's once-only rules."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from herald.errors import RetryableError
+from herald.sender import Breaker, SenderHandler, SendPool, TokenBucket
+from herald.streaming import Handled
+from tests.unit.test_sender import (
+    CATALOGUE_T,
+    NOW,
+    ROUTES,
+    FakeChannel,
+    Journal,
+    message,
+    request,
+    statuses,
+)
+
+
+class FakeTime:
+    """A clock that moves only when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_token_bucket_spaces_acquisitions_at_the_rate_after_a_burst() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(10, burst=2, clock=time.clock, sleep=time.sleep)
+    start = time.now
+    waits = [bucket.acquire() for _ in range(12)]
+    assert waits[:2] == [0, 0]  # the burst
+    assert all(w == pytest.approx(0.1) for w in waits[2:])
+    # 12 sends at 10/s with a burst of 2: the last goes out 1 s after the first.
+    assert time.now - start == pytest.approx(1.0)
+
+
+def test_token_bucket_reservations_queue_concurrent_callers_in_order() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(100, burst=1, clock=time.clock, sleep=time.sleep)
+    # Five callers reserve at the same instant (before anyone sleeps): evenly spaced waits.
+    assert [bucket.reserve() for _ in range(5)] == pytest.approx([0, 0.01, 0.02, 0.03, 0.04])
+    time.now += 1.0  # idle for a second: refilled to the burst, never beyond
+    assert [bucket.reserve() for _ in range(2)] == pytest.approx([0, 0.01])
+
+
+def test_token_bucket_rate_zero_is_unlimited() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(0, clock=time.clock, sleep=time.sleep)
+    assert sum(bucket.acquire() for _ in range(1000)) == 0 and time.slept == []
+
+
+class Overlapping(FakeChannel):
+    """A provider that answers only once ``together`` requests are waiting at once: a
+    handler sending one at a time would time out on the barrier."""
+
+    def __init__(self, together: int, outcomes: dict[str, Exception] | None = None) -> None:
+        super().__init__(outcomes)
+        self.barrier = threading.Barrier(together, timeout=10)
+        self.lock = threading.Lock()
+        self.active = 0
+        self.most = 0
+
+    def __call__(self, request: Mapping[str, Any]) -> str:
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            self.barrier.wait()
+            with self.lock:
+                return super().__call__(request)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def concurrent_handler(
+    send: FakeChannel, journal: Journal, concurrency: int, **kwargs: Any
+) -> SenderHandler:
+    return SenderHandler(
+        service="test_sender",
+        routes=ROUTES,
+        catalogue=CATALOGUE_T,
+        pool=SendPool(send, channel="email", concurrency=concurrency),
+        journal=journal,
+        clock=lambda: NOW,
+        **kwargs,
+    )
+
+
+def test_a_batch_is_sent_concurrently_claimed_and_confirmed_in_groups() -> None:
+    send, journal = Overlapping(8), Journal()
+    sender = concurrent_handler(send, journal, 8)
+    sender._window = 8  # warmed up
+    requests = [request() for _ in range(32)]
+    try:
+        out = sender([message(r, offset=i) for i, r in enumerate(requests)])
+    finally:
+        sender.close()
+    assert isinstance(out, list)
+    assert sorted(send.sent) == sorted(r["delivery_id"] for r in requests)
+    assert send.most == 8
+    assert [e["status"] for e in statuses(out)] == ["sent"] * 32
+    # Status events come in the batch's order, whatever order the provider answered in.
+    assert [e["delivery_id"] for e in statuses(out)] == [r["delivery_id"] for r in requests]
+    # Every delivery claimed before it was sent and confirmed after, in groups.
+    for r in requests:
+        calls = [c[0] for c in journal.calls if c[1] == r["delivery_id"]]
+        assert calls == ["claim", "confirm"]
+    claims = [size for kind, size in journal.groups if kind == "claim"]
+    assert sum(claims) == 32 and claims[0] == 8
+    assert len([kind for kind, _ in journal.groups if kind == "confirm"]) < 32
+
+
+def test_copies_of_one_delivery_in_a_batch_are_sent_once() -> None:
+    send, journal = FakeChannel(), Journal()
+    sender = concurrent_handler(send, journal, 8)
+    one, other = request(), request()
+    batch = [message(one), message(other, offset=1), message(one, offset=2)]
+    try:
+        out = sender(batch)
+    finally:
+        sender.close()
+    assert sorted(send.sent) == sorted([one["delivery_id"], other["delivery_id"]])
+    assert isinstance(out, list) and len(statuses(out)) == 2
+
+
+def test_the_breaker_stops_a_concurrent_batch_and_holds_the_untried_rest() -> None:
+    refused = RetryableError("connection refused", error_class="sms.connection")
+    send, journal = FakeChannel({"down": refused}), Journal()
+    sender = concurrent_handler(
+        send, journal, 8, breaker=Breaker(failures=3, backoff=5, backoff_max=60)
+    )
+    batch = [message(request(destination="down"), offset=i) for i in range(100)]
+    try:
+        result = sender(batch)
+    finally:
+        sender.close()
+    assert isinstance(result, Handled)
+    tried = len(batch) - len(result.held)
+    # At most one window (8) beyond the breaker's threshold was tried; the rest is held,
+    # a suffix of the batch, and none of it was claimed.
+    assert tried == 3  # a cold sender sends one at a time until it has a success
+    assert result.held == batch[tried:]
+    assert [e["status"] for e in statuses(result.outgoing)] == ["retrying"] * tried
+    assert journal.entries == {}  # every claim of a failed send was released
+
+
+def test_the_window_grows_with_successes_and_halves_with_each_transient_failure() -> None:
+    refused = RetryableError("connection refused", error_class="sms.connection")
+    sender = concurrent_handler(
+        FakeChannel({"down": refused}), Journal(), 64, breaker=Breaker(failures=0)
+    )
+    try:
+        assert sender.window() == 1  # a cold sender probes first
+        sender([message(request(), offset=i) for i in range(200)])
+        assert sender.window() == 64
+        sender([message(request(destination="down"), offset=i) for i in range(2)])
+        assert sender.window() <= 32
+        sender([message(request(destination="down"), offset=i) for i in range(10)])
+        assert sender.window() == 1
+    finally:
+        sender.close()
+
+
+def test_the_pool_waits_for_the_rate_limit_before_each_send() -> None:
+    time = FakeTime()
+    send = FakeChannel()
+    pool = SendPool(
+        send,
+        channel="sms",
+        concurrency=1,
+        limit=TokenBucket(5, burst=1, clock=time.clock, sleep=time.sleep),
+    )
+    for _ in range(6):
+        assert pool.submit(request()).result()
+    assert len(send.sent) == 6 and time.slept == pytest.approx([0.2] * 5)
