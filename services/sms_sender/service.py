@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +49,8 @@ def main() -> int:
     """Run the SMS sender until SIGTERM; return the process exit status."""
     own = SmsSenderSettings()
     logs.configure(own.log_level)
+    # httpx logs every request at INFO: thousands of lines a second at full speed.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     settings = get_settings()
     serve_metrics(own.metrics_port)
     api = SmsApi(
