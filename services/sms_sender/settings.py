@@ -25,5 +25,6 @@ class SmsSenderSettings(SenderSettings):
     #: Seconds to wait for the provider's answer (read/write) and for a connection.
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
-    #: Pooled connections to the provider kept open (0: one per send in flight).
-    max_connections: int = Field(default=0, ge=0, le=1_000)
+    #: Keep-alive connections to the provider per sending thread (each thread has its own
+    #: client; one send at a time needs one).
+    max_connections: int = Field(default=1, ge=1, le=100)

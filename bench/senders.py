@@ -1,0 +1,149 @@
+"""Sender-only throughput: deliveries/s of one sender's batch handler per channel, with the
+provider stand-in answering in ``--latency-ms`` (default 100).
+
+What runs is what a sender process runs per batch, minus Kafka: :class:`SenderHandler` with
+the real journal (PostgreSQL, a private schema), the real send pool (``--concurrency`` sends
+in flight, threads) and the real provider client (the SMS sender's pooled httpx client, the
+email sender's pool of SMTP connections) against a private SMS stand-in and SMTP sink. Records
+are built in memory and the status events it returns are not produced, so the figure is the
+ceiling of the send path; the broker's share is measured by ``make bench``.
+
+Run: ``python -m bench.senders [--count 6000] [--latency-ms 100] [--concurrency 256]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import psycopg
+from confluent_kafka import Message
+
+from bench.standins import free_port, standin
+from herald.db import make_engine, migrate
+from herald.sender import PostgresJournal, SenderHandler, SenderRoutes, SendFunction, SendPool
+from herald.serde import encode
+from herald.settings import Settings, SmsSettings, get_settings
+from schemas import CATALOGUE
+from services.email_sender.service import EmailSender
+from services.email_sender.smtp import SmtpEndpoint, SmtpPool
+from services.sms_sender.client import SmsApi
+from services.sms_sender.service import SmsSender
+from tests.integration.delivery_util import delivery_request
+
+BATCH = 1_000
+
+
+class Record:
+    """The parts of a consumed record the handler reads."""
+
+    def __init__(self, value: bytes, topic: str, offset: int) -> None:
+        self._value, self._topic, self._offset = value, topic, offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return b"bench"
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def headers(self) -> None:
+        return None
+
+
+def run(
+    settings: Settings,
+    channel: str,
+    send: SendFunction,
+    close: Callable[[], None],
+    requests: list[dict[str, Any]],
+    concurrency: int,
+) -> float:
+    """Deliveries/s of the handler over ``requests`` (batches of :data:`BATCH`)."""
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    database = settings.database.model_copy(update={"database_schema": schema})
+    migrate.upgrade(database)
+    engine = make_engine(database, pool_size=1, max_overflow=1)
+    journal = PostgresJournal(engine, service=f"bench_{channel}")
+    routes = SenderRoutes.for_channel(CATALOGUE, channel)
+    handler = SenderHandler(
+        service=f"bench_{channel}",
+        routes=routes,
+        catalogue=CATALOGUE,
+        pool=SendPool(send, channel=channel, concurrency=concurrency),
+        journal=journal,
+    )
+    records = [
+        cast(Message, Record(encode("herald.DeliveryRequest", r), routes.source_topic, i))
+        for i, r in enumerate(requests)
+    ]
+    try:
+        started = time.monotonic()
+        for first in range(0, len(records), BATCH):
+            handler(records[first : first + BATCH])
+        return len(records) / (time.monotonic() - started)
+    finally:
+        handler.close()
+        close()
+        journal.close()
+        engine.dispose()
+        with psycopg.connect(database.libpq_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def measure(count: int, latency_ms: float, concurrency: int) -> dict[str, float]:
+    """Deliveries/s for SMS and email."""
+    settings = get_settings()
+    results: dict[str, float] = {}
+    port = free_port()
+    with standin(["herald.devstack.sms_standin", "--port", str(port)], [port], latency_ms):
+        sms = SmsSettings(sms_api_url=f"http://127.0.0.1:{port}")
+        api = SmsApi(sms)
+        requests = [
+            delivery_request("sms", f"+4917{i:010d}", body_text="code") for i in range(count)
+        ]
+        results["sms"] = run(settings, "sms", SmsSender(api, 10), api.close, requests, concurrency)
+    port, api_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory(prefix="herald-bench-smtp-") as tmp:
+        argv = ["herald.devstack.smtp_sink", "--port", str(port), "--api-port", str(api_port),
+                "--store", str(Path(tmp) / "messages")]  # fmt: skip
+        with standin(argv, [port, api_port], latency_ms):
+            pool = SmtpPool(SmtpEndpoint("smtp", "127.0.0.1", port), concurrency)
+            send = EmailSender(pool, settings.smtp.email_from)
+            requests = [
+                delivery_request("email", f"b{i}@example.test", subject="Hi", body_text="x")
+                for i in range(count)
+            ]
+            results["email"] = run(settings, "email", send, pool.close, requests, concurrency)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=6_000, help="deliveries per channel")
+    parser.add_argument("--latency-ms", type=float, default=100)
+    parser.add_argument("--concurrency", type=int, default=256, help="sends in flight")
+    args = parser.parse_args()
+    results = measure(args.count, args.latency_ms, args.concurrency)
+    for channel, rate in results.items():
+        print(
+            f"sender_{channel}_deliveries_per_s: {rate:,.0f} ({args.count} deliveries, "
+            f"{args.concurrency} in flight, provider latency {args.latency_ms:g} ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()
