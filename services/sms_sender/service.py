@@ -57,7 +57,6 @@ def main() -> int:
         settings.sms,
         timeout=own.http_timeout_seconds,
         connect_timeout=own.connect_timeout_seconds,
-        max_connections=own.max_connections,
     )
     return serve_channel(
         service=SERVICE,

@@ -25,6 +25,3 @@ class SmsSenderSettings(SenderSettings):
     #: Seconds to wait for the provider's answer (read/write) and for a connection.
     http_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
-    #: Keep-alive connections to the provider per sending thread (each thread has its own
-    #: client; one send at a time needs one).
-    max_connections: int = Field(default=1, ge=1, le=100)
