@@ -17,6 +17,7 @@ made it, telling an operator a dead letter was replayed, answering 202 — waits
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,11 +91,13 @@ class AckedProducer:
         """Whether ``record`` is small enough to be produced at all."""
         return _size(record) <= self.max_bytes
 
-    def send(self, record: Outgoing, on_done: OnDone) -> None:
+    def send(self, record: Outgoing, on_done: OnDone, *, wait_until: float | None = None) -> None:
         """Queue ``record``; ``on_done`` is called from :meth:`poll` (or a flush) with its report.
 
-        Waits (serving reports) while the local queue is full. Raises :class:`RecordTooLarge`
-        for a record that can never be produced; ``on_done`` is then not called.
+        Waits (serving reports) while the local queue is full — until ``wait_until``
+        (``time.monotonic()``) if given, then raises ``BufferError``. Raises
+        :class:`RecordTooLarge` for a record that can never be produced. ``on_done`` is not
+        called when ``send`` raises.
         """
         if not self.fits(record):
             raise RecordTooLarge(
@@ -116,6 +119,8 @@ class AckedProducer:
                 )
                 return
             except BufferError:
+                if wait_until is not None and time.monotonic() > wait_until:
+                    raise
                 self._producer.poll(0.05)  # the local queue is full: backpressure
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None

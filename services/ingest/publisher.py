@@ -14,9 +14,10 @@ import threading
 import time
 from collections.abc import Sequence
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException
 
 from herald.metrics import RECORDS_OUT
+from herald.producer import AckedProducer, RecordTooLarge
 from herald.settings import KafkaSettings
 from herald.streaming import Outgoing, producer_config
 
@@ -36,7 +37,7 @@ class _Acks:
         self._lock = threading.Lock()
         self._done = threading.Event()
 
-    def on_delivery(self, err: KafkaError | None, _message: Message) -> None:
+    def on_delivery(self, _record: Outgoing, err: KafkaError | None) -> None:
         with self._lock:
             if err is not None:
                 self.errors.append(err)
@@ -62,11 +63,10 @@ class Publisher:
         *,
         timeout_s: float = 10.0,
         service: str = "ingest",
-        producer: Producer | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.service = service
-        self._producer = producer or Producer(
+        self._producer = AckedProducer(
             producer_config(
                 kafka,
                 **{
@@ -114,28 +114,18 @@ class Publisher:
             RECORDS_OUT.labels(self.service, record.topic).inc()
 
     def _produce(self, record: Outgoing, acks: _Acks, deadline: float) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    record.topic,
-                    key=record.key,
-                    value=record.value,
-                    headers=record.headers or None,
-                    on_delivery=acks.on_delivery,
-                )
-                return
-            except BufferError:
-                # The local queue is full: wait for it to drain, but not past the deadline.
-                if time.monotonic() > deadline:
-                    raise PublishError("Kafka producer queue stayed full; try again") from None
-                self._producer.poll(0.05)
-            except KafkaException as exc:
-                raise PublishError(f"Kafka refused a record for {record.topic}: {exc}") from exc
+        try:
+            # A full local queue is waited on, but not past the deadline.
+            self._producer.send(record, acks.on_delivery, wait_until=deadline)
+        except BufferError:
+            raise PublishError("Kafka producer queue stayed full; try again") from None
+        except (KafkaException, RecordTooLarge) as exc:
+            raise PublishError(f"Kafka refused a record for {record.topic}: {exc}") from exc
 
     def topics(self, timeout: float) -> set[str]:
         """Names of the topics the cluster has (a metadata request: proves Kafka answers)."""
         try:
-            metadata = self._producer.list_topics(timeout=timeout)
+            metadata = self._producer.raw.list_topics(timeout=timeout)
         except KafkaException as exc:
             raise PublishError(f"Kafka did not answer a metadata request: {exc}") from exc
         return set(metadata.topics)
