@@ -21,15 +21,15 @@ from typing import Any
 
 import httpx
 import psycopg
-from confluent_kafka import Producer
 
 from herald import digest, seed
 from herald.auth import AuthSettings
 from herald.db.engine import search_path_options
 from herald.identity import derived_event_id, notification_id
+from herald.producer import AckedProducer
 from herald.serde import encode
 from herald.settings import Settings
-from herald.streaming import producer_config
+from herald.streaming import Outgoing, producer_config
 from schemas import CATALOGUE, Catalogue
 
 #: Delivery states that will not change any more.
@@ -239,10 +239,10 @@ class System:
             "context": context,
             "metadata": {},
         }
-        producer = Producer(producer_config(self.kafka))
-        producer.produce(self.catalogue.events.name, key=event_id, value=self.encode_event(event))
-        if producer.flush(15):
-            raise RuntimeError("Kafka did not acknowledge the event")
+        record = Outgoing(self.catalogue.events.name, event_id, self.encode_event(event))
+        refused = AckedProducer(producer_config(self.kafka)).deliver([record])
+        if refused:
+            raise RuntimeError(f"Kafka did not acknowledge the event: {refused[0].error}")
         return event_id
 
     def user(self, name: str, **fields: Any) -> str:

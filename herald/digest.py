@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from confluent_kafka import Producer
 
 from herald.db.engine import search_path_options
 from herald.identity import HERALD_NAMESPACE
+from herald.producer import AckedProducer
 from herald.seed import DIGEST_WEEKLY
 from herald.serde import encode
 from herald.settings import Settings
-from herald.streaming import producer_config
+from herald.streaming import Outgoing, producer_config
 from schemas import CATALOGUE
 
 #: How far back a digest looks.
@@ -131,20 +131,13 @@ def run_digest(
     if not digests:
         return []
     topic = CATALOGUE.with_prefix(settings.kafka.topic_prefix).events.name
-    producer = Producer(producer_config(settings.kafka))
-    failed: list[str] = []
-
-    def delivered(error: Any, message: Any) -> None:
-        if error is not None:
-            failed.append(str(error))
-
-    for digest in digests:
-        event = digest_event(digest, now)
-        value = encode("herald.Event", event)
-        producer.produce(topic, key=event["event_id"], value=value, on_delivery=delivered)
-        producer.poll(0)
-    left = producer.flush(30)
-    if left or failed:
-        detail = f": {failed[0]}" if failed else ""
-        raise RuntimeError(f"{left + len(failed)} digest events not acknowledged by Kafka{detail}")
+    events = [digest_event(digest, now) for digest in digests]
+    records = [
+        Outgoing(topic, event["event_id"], encode("herald.Event", event)) for event in events
+    ]
+    refused = AckedProducer(producer_config(settings.kafka)).deliver(records)
+    if refused:
+        raise RuntimeError(
+            f"{len(refused)} digest events not acknowledged by Kafka: {refused[0].error}"
+        )
     return digests

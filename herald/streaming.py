@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
 from herald.dlqlimit import GUARD_TRIPPED, GUARD_TRIPS, DlqLimitSettings
@@ -124,26 +124,6 @@ class Outgoing:
     def dead_letter(self) -> bool:
         """A record on its way to a dead-letter topic."""
         return self.dlq_topic is not None and self.topic == self.dlq_topic
-
-
-#: A producer delivery report: the error (None when acknowledged) and the message.
-DeliveryCallback = Callable[[KafkaError | None, Message], None]
-
-
-def enqueue(producer: Producer, record: Outgoing, on_delivery: DeliveryCallback) -> bool:
-    """Hand ``record`` to the producer's local queue; False when the queue is full (the caller
-    lets it drain, e.g. ``producer.poll(0.05)``, and tries again)."""
-    try:
-        producer.produce(
-            record.topic,
-            key=record.key,
-            value=record.value,
-            headers=record.headers,
-            on_delivery=on_delivery,
-        )
-    except BufferError:
-        return False
-    return True
 
 
 def failure_record(

@@ -21,15 +21,15 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Producer
 from prometheus_client import Counter
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from herald.db.engine import make_engine
 from herald.db.models import HeldDelivery
+from herald.producer import AckedProducer
 from herald.settings import DatabaseSettings, KafkaSettings
-from herald.streaming import producer_config
+from herald.streaming import Outgoing, producer_config
 from schemas import Catalogue
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ RELEASED = Counter(
     ["channel"],
 )
 
-#: How long the release loop waits for Kafka to acknowledge one batch.
-_FLUSH_TIMEOUT_S = 30.0
+#: How long the release loop waits for Kafka to acknowledge one batch (its rows stay locked
+#: meanwhile): librdkafka reports every record within this.
+_DELIVERY_TIMEOUT_MS = 30_000
 
 
 class HoldStore:
@@ -61,7 +62,7 @@ class HoldStore:
         self.kafka = kafka
         self.catalogue = catalogue
         self._engine: Engine | None = None
-        self._producer: Producer | None = None
+        self._producer: AckedProducer | None = None
         self._lock = threading.Lock()
 
     @property
@@ -72,10 +73,12 @@ class HoldStore:
             return self._engine
 
     @property
-    def producer(self) -> Producer:
+    def producer(self) -> AckedProducer:
         with self._lock:
             if self._producer is None:
-                self._producer = Producer(producer_config(self.kafka))
+                self._producer = AckedProducer(
+                    producer_config(self.kafka, **{"message.timeout.ms": _DELIVERY_TIMEOUT_MS})
+                )
             return self._producer
 
     def hold(self, rows: Sequence[dict[str, Any]]) -> None:
@@ -118,25 +121,17 @@ class HoldStore:
         return len(rows)
 
     def _produce(self, rows: Sequence[Any]) -> None:
-        producer = self.producer
-        failed: list[str] = []
-
-        def delivered(error: Any, message: Any) -> None:
-            if error is not None:
-                failed.append(str(error))
-
-        for row in rows:
-            producer.produce(
+        records = [
+            Outgoing(
                 self.catalogue.for_channel(row.channel).name,
-                key=row.user_id.encode(),
-                value=bytes(row.payload),
-                on_delivery=delivered,
+                row.user_id.encode(),
+                bytes(row.payload),
             )
-            producer.poll(0)
-        left = producer.flush(_FLUSH_TIMEOUT_S)
-        if left or failed:
-            detail = f": {failed[0]}" if failed else ""
+            for row in rows
+        ]
+        refused = self.producer.deliver(records)
+        if refused:
             raise RuntimeError(
-                f"{left + len(failed)} of {len(rows)} held deliveries not acknowledged by"
-                f" Kafka{detail}"
+                f"{len(refused)} of {len(rows)} held deliveries not acknowledged by"
+                f" Kafka: {refused[0].error}"
             )
