@@ -224,8 +224,11 @@ def test_sms_sender_killed_mid_batch_loses_nothing_and_sends_nothing_twice(
     requests = sms_requests(sms, 600)
     ids = {r["delivery_id"] for r in requests}
     publish(kafka_settings, topics.deliveries_sms.name, requests)
+    # Paced at 100 sends/s (the sender's own rate limit), so the kill lands mid-run however
+    # fast the sender and the stand-in are (unpaced, all 600 were sent before the kill).
     first = start_sender(run_service, "services.sms_sender", kafka_settings, db_settings,
-                         SMS_SENDER_BATCH_SIZE="200")  # fmt: skip
+                         SMS_SENDER_BATCH_SIZE="200",
+                         SMS_SENDER_MAX_PER_SECOND="100")  # fmt: skip
     kill_mid_batch(first, lambda: sum(sms.created().values()), 600, 50)
     start_sender(run_service, "services.sms_sender", kafka_settings, db_settings)
 
@@ -274,7 +277,8 @@ def test_email_sender_killed_mid_batch_loses_nothing_and_sends_nothing_twice(
     concurrency = 8
     first = start_sender(run_service, "services.email_sender", kafka_settings, db_settings,
                          EMAIL_SENDER_BATCH_SIZE="200",
-                         EMAIL_SENDER_CONCURRENCY=str(concurrency))  # fmt: skip
+                         EMAIL_SENDER_CONCURRENCY=str(concurrency),
+                         EMAIL_SENDER_MAX_PER_SECOND="100")  # fmt: skip
     # Progress from the sender's journal (this test's schema): the shared sink keeps every
     # message of every run and reading it all back can take seconds.
     kill_mid_batch(first, lambda: confirmed_sends(db_settings), 600, 50)

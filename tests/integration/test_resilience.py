@@ -82,8 +82,10 @@ def test_a_sender_evicted_mid_batch_survives_the_refused_commit_and_sends_each_o
     ids = {r["delivery_id"] for r in requests}
     publish(kafka_settings, topics.deliveries_sms.name, requests)
     group = f"{kafka_settings.topic_prefix}sms_sender"
+    # Paced (the sender's own rate limit) so the stop lands mid-batch however fast it is.
     sender = start_sender(run_service, "services.sms_sender", kafka_settings, db_settings,
-                          SMS_SENDER_BATCH_SIZE="600")  # fmt: skip
+                          SMS_SENDER_BATCH_SIZE="600",
+                          SMS_SENDER_MAX_PER_SECOND="100")  # fmt: skip
     wait_for(lambda: sum(sms.created().values()) >= 30, 60, "the batch under way")
     sender.proc.send_signal(signal.SIGSTOP)
     try:
@@ -130,8 +132,10 @@ def test_a_postgres_restart_stops_nothing(
     texts = sms_requests(sms, 400)
     ids = {r["delivery_id"] for r in texts}
     publish(kafka_settings, topics.deliveries_sms.name, texts)
+    # Paced (the sender's own rate limit) so texts are still being sent when PostgreSQL stops.
     sender = start_sender(run_service, "services.sms_sender", kafka_settings, db_settings,
-                          SMS_SENDER_BATCH_SIZE="50")  # fmt: skip
+                          SMS_SENDER_BATCH_SIZE="50",
+                          SMS_SENDER_MAX_PER_SECOND="50")  # fmt: skip
     user = f"r-{uuid.uuid4().hex[:8]}"
     inbox = [
         delivery_request("inapp", user, user_id=user, subject=f"n{i}", body_text="hello")
