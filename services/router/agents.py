@@ -42,7 +42,7 @@ from faust.types.tuples import Message
 from herald.digest import run_digest
 from herald.dlqlimit import GUARD_TRIPPED, GUARD_TRIPS, DlqLimit, DlqLimitSettings
 from herald.errors import PermanentError
-from herald.metrics import DELIVERIES, ERRORS, HEALTH, RECORDS_IN, RECORDS_OUT
+from herald.metrics import DELIVERIES, ERRORS, HEALTH, RECORDS_IN, RECORDS_OUT, Backoff
 from herald.producer import AckedProducer
 from herald.seed import LOGIN_ALERT
 from herald.serde import Record, decode
@@ -131,7 +131,7 @@ async def _route_stream(
 
 
 def _is_dead_letter(outgoing: Sequence[Outgoing]) -> bool:
-    return any(record.topic == catalogue.events.dlq_name for record in outgoing)
+    return any(record.dead_letter for record in outgoing)
 
 
 async def _guarded(
@@ -270,19 +270,19 @@ async def _hold(rows: list[dict[str, Any]]) -> None:
     The partition stalls meanwhile, and the log says why."""
     if not rows:
         return
-    pause = 0.5
+    backoff = Backoff(initial=0.5, maximum=30.0)
     while True:
         try:
             await asyncio.to_thread(hold_store.hold, rows)
             return
         except Exception:
+            pause = backoff.next()
             ERRORS.labels(SERVICE, "quiet_hours.store").inc()
             log.exception(
                 "could not store held deliveries; retrying",
                 extra={"deliveries": [row["delivery_id"] for row in rows], "retry_in_s": pause},
             )
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 30.0)
 
 
 @app.timer(router_settings.quiet_release_interval_ms / 1000)

@@ -87,7 +87,7 @@ app = faust.App(
     # next owner (the outputs have deterministic ids; the consumers downstream are idempotent).
     stream_wait_empty=False,
     # Faust's own producer writes only the tables' changelogs now (the agents' output goes
-    # through agents.Publisher).
+    # through services.router.outputs).
     producer_linger=router_settings.producer_linger_ms / 1000,
     web_enabled=router_settings.web_port != 0,
     web_port=router_settings.web_port or 6066,

@@ -32,7 +32,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from herald.errors import PermanentError
-from herald.metrics import ERRORS, Health
+from herald.metrics import ERRORS, Backoff, Health
 from herald.producer import TOO_LARGE, AckedProducer, RecordTooLarge
 from herald.streaming import Outgoing
 
@@ -84,7 +84,7 @@ class Outputs:
         self._ready: set[Any] = set()
         self._refused: list[tuple[Outgoing, _Pending]] = []
         self._retry_at = 0.0
-        self._retry_pause = 0.5
+        self._backoff = Backoff(initial=0.5, maximum=30.0)
 
     @property
     def producer(self) -> AckedProducer:
@@ -168,8 +168,8 @@ class Outputs:
         pending.waiting -= 1
         if pending.waiting == 0:
             self._ready.add(pending.partition)
-        if not self._refused and self._retry_pause > 0.5:
-            self._retry_pause = 0.5
+        if not self._refused and self._backoff.current:
+            self._backoff.reset()
             self.health.recovered(self.service, "producer")
 
     def _too_large(self, pending: _Pending, record: Outgoing, detail: str) -> None:
@@ -184,12 +184,12 @@ class Outputs:
     def _refuse(self, record: Outgoing, pending: _Pending, detail: str) -> None:
         ERRORS.labels(self.service, "router.produce").inc()
         if not self._refused:
+            pause = self._backoff.next()
             log.error(
                 "a record was not acknowledged by the broker; producing it again",
-                extra={"topic": record.topic, "error": detail, "retry_in_s": self._retry_pause},
+                extra={"topic": record.topic, "error": detail, "retry_in_s": pause},
             )
-            self._retry_at = time.monotonic() + self._retry_pause
-            self._retry_pause = min(self._retry_pause * 2, 30.0)
+            self._retry_at = time.monotonic() + pause
             self.health.degraded(self.service, "producer", f"the broker refuses records: {detail}")
         self._refused.append((record, pending))
 
