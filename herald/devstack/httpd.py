@@ -19,7 +19,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,28 @@ class HttpServer:
         return await asyncio.start_server(
             self.serve_connection, host, port, limit=MAX_HEAD, backlog=1024
         )
+
+
+class HasLatency(Protocol):
+    """A stand-in whose answers wait ``latency_ms`` milliseconds."""
+
+    latency_ms: float
+
+
+def latency_routes(server: HttpServer, match: Callable[[str], bool], holder: HasLatency) -> None:
+    """``GET`` and ``POST`` (``{"ms": N}``) of ``holder``'s answer latency on ``match``."""
+
+    @server.route("GET", match)
+    async def get_latency(request: Request) -> Response:
+        return Response(200, {"ms": holder.latency_ms})
+
+    @server.route("POST", match)
+    async def set_latency(request: Request) -> Response:
+        try:
+            holder.latency_ms = max(0.0, float(request.json().get("ms")))
+        except (ValueError, TypeError, AttributeError):
+            return Response(400, {"detail": "body must be JSON with a number 'ms'"})
+        return Response(200, {"ms": holder.latency_ms})
 
 
 def latency_from_env(name: str) -> float:

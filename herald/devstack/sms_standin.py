@@ -37,6 +37,7 @@ from herald.devstack.httpd import (
     Request,
     Response,
     latency_from_env,
+    latency_routes,
     run_until_signalled,
 )
 
@@ -202,18 +203,7 @@ def create_server(provider: Provider) -> HttpServer:
         provider.clear()
         return Response(200, {"status": "cleared"})
 
-    @server.route("GET", at("/control/latency"))
-    async def get_latency(request: Request) -> Response:
-        return Response(200, {"ms": provider.latency_ms})
-
-    @server.route("POST", at("/control/latency"))
-    async def set_latency(request: Request) -> Response:
-        try:
-            ms = request.json().get("ms")
-            provider.latency_ms = max(0.0, float(ms))
-        except (ValueError, TypeError, AttributeError):
-            return Response(400, {"detail": "body must be JSON with a number 'ms'"})
-        return Response(200, {"ms": provider.latency_ms})
+    latency_routes(server, at("/control/latency"), provider)
 
     @server.route("GET", at("/healthz"))
     async def healthz(request: Request) -> Response:

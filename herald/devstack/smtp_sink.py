@@ -39,6 +39,7 @@ from herald.devstack.httpd import (
     Request,
     Response,
     latency_from_env,
+    latency_routes,
     run_until_signalled,
 )
 
@@ -207,17 +208,7 @@ def create_api(sink: Sink) -> HttpServer:
         sink.faults.clear()
         return Response(200, {"status": "cleared"})
 
-    @api.route("GET", under("/latency"))
-    async def get_latency(request: Request) -> Response:
-        return Response(200, {"ms": sink.latency_ms})
-
-    @api.route("POST", under("/latency"))
-    async def set_latency(request: Request) -> Response:
-        try:
-            sink.latency_ms = max(0.0, float(request.json().get("ms")))
-        except (ValueError, TypeError, AttributeError):
-            return Response(400, {"detail": "body must be JSON with a number 'ms'"})
-        return Response(200, {"ms": sink.latency_ms})
+    latency_routes(api, under("/latency"), sink)
 
     @api.route("GET", under("/healthz"))
     async def healthz(request: Request) -> Response:
