@@ -19,10 +19,12 @@ Poison (undecodable bytes, an unknown schema, an unknown or inactive event type,
 user, a template that cannot render) goes to the events DLQ with the design's ``x-*`` headers;
 the stream goes on. Both stages iterate their streams without Faust's automatic acks and hand
 what each record made to :class:`services.router.outputs.Outputs`: one confluent-kafka
-producer, pipelined, which acknowledges a record to Faust only when the broker acknowledged
-every record it produced. Faust commits the acknowledged offsets every
-``ROUTER_COMMIT_INTERVAL_MS``, so a commit never runs ahead of the output (at least once;
-every output has a deterministic id and the consumers downstream are idempotent).
+producer, pipelined, which reports a record finished to the ledger (services.router.ledger)
+only when the broker acknowledged every record it produced. Every
+``ROUTER_COMMIT_INTERVAL_MS`` the consumer commits, per partition, up to the first record not
+finished, so a commit never runs ahead of the output (at least once; every output has a
+deterministic id and the consumers downstream are idempotent). ``repair_gaps`` routes the
+records a stream skipped, read from the broker, so that no skip holds a partition back.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, cast
 from confluent_kafka import Message as KafkaMessage
 from faust.types import TP, EventT, StreamT
 from faust.types.tuples import Message
+from prometheus_client import Counter
 
 from herald.digest import run_digest
 from herald.dlqlimit import GUARD_TRIPPED, GUARD_TRIPS, DlqLimit, DlqLimitSettings
@@ -56,6 +59,7 @@ from services.router.app import (
     event_types_topic,
     events_topic,
     known_devices,
+    ledger,
     preferences,
     preferences_topic,
     recipients_topic,
@@ -66,6 +70,7 @@ from services.router.app import (
 )
 from services.router.holds import HoldStore
 from services.router.outputs import Outputs
+from services.router.repair import GapReader
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,13 @@ hold_store = HoldStore(settings.database, settings.kafka, catalogue)
 
 #: The DLQ-flood guard's limits (``HERALD_DLQ_GUARD_*``), one guard per stage.
 _guard_settings = DlqLimitSettings()
+
+REPAIRED = Counter(
+    "herald_router_gap_records_total",
+    "Records the router's stream skipped and the router routed from the broker instead "
+    "(services.router.ledger); each is a Faust skip that would otherwise hold a commit back.",
+    ["topic"],
+)
 
 #: The offset of the last record each table feeder stored (or skipped), by partition.
 _stored: dict[TP, int] = {}
@@ -101,32 +113,44 @@ def _on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
 app.on_partitions_assigned.connect(_on_assigned)  # type: ignore[arg-type]
 
 
-async def _route_stream(
-    stage: str, stream: StreamT[bytes], handle: Callable[[Message], Awaitable[list[Outgoing]]]
-) -> None:
-    """Route each record of ``stream`` with ``handle`` and hand what it made to
-    :data:`outputs`, which acknowledges the record to Faust once all of it is on the broker.
+class _Stage:
+    """One routing stage: its handler and its DLQ-flood guard (one guard per stage, shared by
+    the stream and the gap repairs of its topic)."""
 
-    ``noack()``: Faust acknowledges nothing by itself, so a record routed but whose output is
-    not acknowledged is never committed, whatever stops this loop (a rebalance cancels it,
-    a stop, a crash). ``handle`` parks every bad record on the DLQ itself; an exception out of
-    here is a bug, which marks the worker unready (``/readyz``) before it propagates.
+    def __init__(self, name: str, handle: Callable[[Message], Awaitable[list[Outgoing]]]):
+        self.name = name
+        self.handle = handle
+        self.guard = _guard_settings.limit()
+
+    async def route(self, message: Message) -> None:
+        """Route one record and hand what it made to :data:`outputs` (the ledger has it as
+        received, and as finished once all of it is on the broker)."""
+        ledger.received(message.tp, message.offset)
+        outgoing = await self.handle(message)
+        if _is_dead_letter(outgoing):
+            outgoing = await _guarded(self.name, self.guard, message, outgoing, self.handle)
+        else:
+            self.guard.check([False])
+        await outputs.submit(message, outgoing)
+
+
+async def _route_stream(stage: _Stage, stream: StreamT[bytes]) -> None:
+    """Route each record of ``stream`` with ``stage``.
+
+    ``noack()``: Faust acknowledges nothing by itself; the ledger commits a record only once
+    its output is acknowledged, whatever stops this loop (a rebalance, a stop, a crash).
+    ``handle`` parks every bad record on the DLQ itself; an exception out of here is a bug,
+    which marks the worker unready (``/readyz``) before it propagates.
     """
     manual = cast(Any, stream).noack()  # StreamT does not declare noack; Stream has it
-    guard = _guard_settings.limit()
     try:
         async for event in manual.events():
-            outgoing = await handle(event.message)
-            if _is_dead_letter(outgoing):
-                outgoing = await _guarded(stage, guard, event.message, outgoing, handle)
-            else:
-                guard.check([False])
-            await outputs.submit(manual, event, outgoing)
+            await stage.route(event.message)
     except asyncio.CancelledError:
         raise
     except BaseException as exc:
-        HEALTH.degraded(SERVICE, f"agent.{stage}", f"crashed: {type(exc).__name__}: {exc}")
-        log.critical("router agent crashed", extra={"agent": stage}, exc_info=True)
+        HEALTH.degraded(SERVICE, f"agent.{stage.name}", f"crashed: {type(exc).__name__}: {exc}")
+        log.critical("router agent crashed", extra={"agent": stage.name}, exc_info=True)
         raise
 
 
@@ -173,7 +197,7 @@ async def _guarded(
 @app.agent(events_topic)
 async def expand_events(stream: StreamT[bytes]) -> None:
     """Stage 1: validate each event and fan it out, one record per recipient."""
-    await _route_stream("expand_events", stream, _expand)
+    await _route_stream(_STAGES[events_topic.get_topic_name()], stream)
 
 
 async def _expand(message: Message) -> list[Outgoing]:
@@ -193,7 +217,7 @@ async def _expand(message: Message) -> list[Outgoing]:
 @app.agent(recipients_topic)
 async def route_recipients(stream: StreamT[bytes]) -> None:
     """Stage 2: route each recipient's copy of an event with this worker's tables."""
-    await _route_stream("route_recipients", stream, _route)
+    await _route_stream(_STAGES[recipients_topic.get_topic_name()], stream)
 
 
 async def _route(message: Message) -> list[Outgoing]:
@@ -483,14 +507,11 @@ def _records_out(topic: str) -> Any:
     return RECORDS_OUT.labels(SERVICE, topic)
 
 
-def _dead_letter_event(event: EventT, error: PermanentError) -> Outgoing:
-    return _dead_letter(event.message, error)
-
-
 #: Everything the agents produce goes out through one acknowledged producer.
 outputs = Outputs(
     lambda: AckedProducer(producer_config(settings.kafka)),
-    _dead_letter_event,
+    _dead_letter,
+    ledger,
     service=SERVICE,
     health=HEALTH,
     max_in_flight=router_settings.max_in_flight,
@@ -503,6 +524,46 @@ async def serve_outputs() -> None:
     """Serve the producer's delivery reports: acknowledge events whose outputs are on the
     broker, produce refused records again."""
     await outputs.serve()
+
+
+#: The two routing stages, by the topic they read.
+_STAGES = {
+    events_topic.get_topic_name(): _Stage("expand_events", _expand),
+    recipients_topic.get_topic_name(): _Stage("route_recipients", _route),
+}
+
+_gap_reader = GapReader(settings.kafka, f"{app.conf.id}-gaps")
+
+
+@app.timer(interval=0.5)
+async def repair_gaps() -> None:
+    """Route the records a stream skipped (services.router.ledger): read each gap from the
+    broker, route its records like the stream's, and finish the offsets that hold none."""
+    for gap in ledger.gaps(time.monotonic()):
+        found = await asyncio.to_thread(_gap_reader.read, gap.tp, gap.start, gap.end)
+        log.warning(
+            "the stream skipped records; routing them from the broker",
+            extra={
+                "topic": gap.tp.topic,
+                "partition": gap.tp.partition,
+                "offsets": f"{gap.start}-{gap.end - 1}",
+                "records": len(found.records),
+                "holes": len(found.holes),
+                "complete": found.complete,
+            },
+        )
+        stage = _STAGES[gap.tp.topic]
+        for message in found.records:
+            REPAIRED.labels(gap.tp.topic).inc()
+            await stage.route(message)
+        for offset in found.holes:
+            ledger.finished(gap.tp, offset)
+        # The ledger counted every offset of the gap as received; those neither routed nor
+        # known to be holes (the broker did not answer in time) become a gap again.
+        routed = {message.offset for message in found.records} | set(found.holes)
+        for offset in range(gap.start, gap.end):
+            if offset not in routed:
+                ledger.abandoned(gap.tp, offset)
 
 
 async def _flush_outputs(app: Any, **kwargs: Any) -> None:

@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from herald.settings import KafkaSettings, get_settings
 from schemas import CATALOGUE, TopicDeclaration, TopicSpec
+from services.router.ledger import Ledger
 from services.router.settings import RouterSettings
 
 #: The ``service`` label of Herald's shared metrics.
@@ -58,7 +61,55 @@ def data_dir(router: RouterSettings) -> Path:
 DATA_DIR = data_dir(router_settings)
 _session_timeout_s = settings.kafka.session_timeout_ms / 1000
 
-app = faust.App(
+#: Finished offsets of the two routed topics; the only source of their commits.
+ledger = Ledger(
+    (catalogue.events.name, catalogue.recipients.name),
+    repair_after=router_settings.repair_after_ms / 1000,
+)
+
+
+class LedgerConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, committing the routed topics from :data:`ledger` (the
+    tables' topics keep Faust's own bookkeeping): see services.router.ledger for why."""
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        # Positioned at the committed offsets (None: none yet, so the log's start).
+        ledger.assigned({tp: self._committed_offset.get(tp) for tp in self.assignment()})
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        ledger.revoked(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Any:
+        yield from super()._filter_tps_with_pending_acks(topics)
+        for tp in ledger.owned():
+            if topics is None or tp in topics or tp.topic in topics:
+                yield tp
+
+    def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
+        tps = set(tps)
+        own = {tp for tp in tps if ledger.tracks(tp)}
+        offsets = super()._filter_committable_offsets(tps - own)
+        for tp in own:
+            offset = ledger.committable(tp)
+            if offset is not None and self._should_commit(tp, offset):
+                offsets[tp] = offset
+        return offsets
+
+
+class LedgerTransport(faust_aiokafka.Transport):
+    Consumer = LedgerConsumer
+
+
+class RouterApp(faust.App):
+    """Faust's app with the :class:`LedgerConsumer`."""
+
+    def _new_transport(self) -> Any:
+        return LedgerTransport(self.conf.broker_consumer, self)
+
+
+app = RouterApp(
     APP_ID,
     broker=broker_url(settings.kafka),
     store="memory://",

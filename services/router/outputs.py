@@ -1,19 +1,17 @@
-"""The router's output: every record a Faust event made, produced through one acknowledged
-producer, and the event acknowledged to Faust only when all of them are on the broker.
+"""The router's output: every record a routed message made, produced through one acknowledged
+producer, and the message reported finished only when all of them are on the broker.
 
-The agents iterate their streams with ``noack()``, so Faust acknowledges nothing by itself;
-:class:`Outputs` acknowledges an event once the producer's delivery reports say all its outputs
-are on the broker, and, per partition, in offset order: an event whose outputs are acked
-waits for every earlier event of its partition. (Faust commits the offset after the first run
-of consecutive acknowledged offsets, but it does not check that the run starts at its committed
-offset — offsets 101 and 102 acked before 100 would commit 103 — so out-of-order acks would
-let a commit skip an unfinished record.) Hence no offset is committed before what its record
-produced is acknowledged by Kafka — whether the agent is cancelled by a rebalance or a stop,
-the process is killed, or the broker refuses records — and the agent never waits for the
-broker: records are pipelined, bounded by ``max_in_flight`` (backpressure, not stop-and-wait).
+The agents iterate their streams with ``noack()``: Faust acknowledges and commits nothing of
+the routed topics by itself. :class:`Outputs` reports a message finished to the ledger
+(services.router.ledger) once the producer's delivery reports say all its outputs are on the
+broker, and the ledger commits a partition's offset only up to its first unfinished record.
+Hence no offset is committed before what its record produced is acknowledged by Kafka —
+whether the agent is cancelled by a rebalance or a stop, the process is killed, or the broker
+refuses records — and the agent never waits for the broker: records are pipelined, bounded by
+``max_in_flight`` (backpressure, not stop-and-wait).
 
 A record the broker refused (after librdkafka's own retries, ``message.timeout.ms``) is produced
-again with growing pauses until it is acknowledged: its event stays unacknowledged meanwhile,
+again with growing pauses until it is acknowledged: its message stays unfinished meanwhile,
 ``/readyz`` says so, and nothing is lost. An output that can never be produced (larger than
 ``message.max.bytes``) is replaced by the input record on the events DLQ as
 ``record.too_large``.
@@ -24,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,34 +32,31 @@ from herald.errors import PermanentError
 from herald.metrics import ERRORS, Backoff, Health
 from herald.producer import TOO_LARGE, AckedProducer, RecordTooLarge
 from herald.streaming import Outgoing
+from services.router.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-#: Makes the DLQ record for an event whose output cannot be produced: (event, error) → record.
+#: Makes the DLQ record for a message whose output cannot be produced: (message, error) → record.
 DeadLetter = Callable[[Any, PermanentError], Outgoing]
 
 
 @dataclass(eq=False)
 class _Pending:
-    """An event whose outputs are not all acknowledged yet."""
+    """A message (Faust's ``Message``) whose outputs are not all acknowledged yet."""
 
-    stream: Any
-    event: Any
+    message: Any
     waiting: int
     dead_lettered: bool = False
 
-    @property
-    def partition(self) -> Any:
-        return self.event.message.tp
-
 
 class Outputs:
-    """Produce what events made; acknowledge each event to Faust when its outputs are acked."""
+    """Produce what messages made; report each message finished when its outputs are acked."""
 
     def __init__(
         self,
         producer: Callable[[], AckedProducer],
         dead_letter: DeadLetter,
+        ledger: Ledger,
         *,
         service: str,
         health: Health,
@@ -72,16 +66,13 @@ class Outputs:
         self._make_producer = producer
         self._producer: AckedProducer | None = None
         self._dead_letter = dead_letter
+        self.ledger = ledger
         self.service = service
         self.health = health
         self.max_in_flight = max_in_flight
         self._on_record_out = on_record_out
         #: Records handed to the producer whose report has not been served yet.
         self.in_flight = 0
-        #: Per partition, the events not acknowledged to Faust yet, in offset order.
-        self._unacked: dict[Any, deque[_Pending]] = {}
-        #: Partitions whose oldest unacknowledged event may have finished.
-        self._ready: set[Any] = set()
         self._refused: list[tuple[Outgoing, _Pending]] = []
         self._retry_at = 0.0
         self._backoff = Backoff(initial=0.5, maximum=30.0)
@@ -92,14 +83,13 @@ class Outputs:
             self._producer = self._make_producer()
         return self._producer
 
-    async def submit(self, stream: Any, event: Any, outgoing: Sequence[Outgoing]) -> None:
-        """Produce ``outgoing`` (what ``event`` made); the event is acked when all are acked."""
-        pending = _Pending(stream, event, len(outgoing))
-        self._unacked.setdefault(pending.partition, deque()).append(pending)
+    async def submit(self, message: Any, outgoing: Sequence[Outgoing]) -> None:
+        """Produce ``outgoing`` (what ``message`` made, already reported ``received`` to the
+        ledger); the message is finished when all are acked."""
         if not outgoing:
-            self._ready.add(pending.partition)
-            await self._ack_done()
+            self.ledger.finished(message.tp, message.offset)
             return
+        pending = _Pending(message, len(outgoing))
         producer = self.producer
         if not all(producer.fits(record) for record in outgoing):
             largest = max(outgoing, key=producer.size)
@@ -107,20 +97,18 @@ class Outputs:
                 f"an output of {producer.size(largest)} bytes for {largest.topic} exceeds "
                 f"message.max.bytes={producer.max_bytes}"
             )
-            outgoing = [self._dead_letter(event, error)]
+            outgoing = [self._dead_letter(message, error)]
             pending.waiting = 1
         for record in outgoing:
             self._send(record, pending)
         producer.poll(0)
-        await self._ack_done()
         while self.in_flight > self.max_in_flight:
             await self.serve_once(0.005)
 
     async def serve_once(self, pause: float) -> None:
-        """Serve delivery reports, acknowledge finished events, produce refused ones again."""
+        """Serve delivery reports (which finish messages), produce refused ones again."""
         if self._producer is not None:
             self._producer.poll(0)
-        await self._ack_done()
         if self._refused and time.monotonic() >= self._retry_at:
             refused, self._refused = self._refused, []
             for record, pending in refused:
@@ -167,7 +155,7 @@ class Outputs:
     def _acknowledged(self, pending: _Pending) -> None:
         pending.waiting -= 1
         if pending.waiting == 0:
-            self._ready.add(pending.partition)
+            self.ledger.finished(pending.message.tp, pending.message.offset)
         if not self._refused and self._backoff.current:
             self._backoff.reset()
             self.health.recovered(self.service, "producer")
@@ -179,7 +167,7 @@ class Outputs:
             return
         pending.dead_lettered = True
         ERRORS.labels(self.service, TOO_LARGE).inc()
-        self._send(self._dead_letter(pending.event, RecordTooLarge(detail)), pending)
+        self._send(self._dead_letter(pending.message, RecordTooLarge(detail)), pending)
 
     def _refuse(self, record: Outgoing, pending: _Pending, detail: str) -> None:
         ERRORS.labels(self.service, "router.produce").inc()
@@ -192,14 +180,3 @@ class Outputs:
             self._retry_at = time.monotonic() + pause
             self.health.degraded(self.service, "producer", f"the broker refuses records: {detail}")
         self._refused.append((record, pending))
-
-    async def _ack_done(self) -> None:
-        """Acknowledge, per partition, the finished events that no unfinished one precedes."""
-        while self._ready:
-            partition = self._ready.pop()
-            queue = self._unacked.get(partition)
-            while queue and queue[0].waiting == 0:
-                pending = queue.popleft()
-                await pending.stream.ack(pending.event)
-            if not queue:
-                self._unacked.pop(partition, None)

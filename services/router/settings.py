@@ -40,6 +40,9 @@ class RouterSettings(BaseSettings):
     max_in_flight: int = Field(default=20_000, ge=1, le=1_000_000)
     #: How often consumed offsets are committed (after the records they produced are acked).
     commit_interval_ms: int = Field(default=1000, ge=50, le=60_000)
+    #: How long a partition's commit point may stay behind records the stream skipped before
+    #: the router reads them from the broker and routes them itself (services.router.ledger).
+    repair_after_ms: int = Field(default=2000, ge=100, le=600_000)
 
     #: How often the worker holding partition 0 of the recipients topic releases the email and
     #: SMS deliveries held for quiet hours whose window has ended (services.router.holds).

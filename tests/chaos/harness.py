@@ -61,6 +61,8 @@ class Plan:
     faults: tuple[str, ...] = FAULTS
     kill_interval: float = 12.0
     restart_after: float = 2.0
+    #: kill only the services whose name starts with one of these (all when empty)
+    kill_only: tuple[str, ...] = ()
     bulk_recipients: int = 10_000
     outage_seconds: float = 10.0
     #: progress at which each one-off fault fires
@@ -80,7 +82,14 @@ class Plan:
 class Fleet:
     """The services as real processes; which copy is up; kills and restarts."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, copies: int, say: Callable[[str], None]):
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        copies: int,
+        say: Callable[[str], None],
+        kill_only: tuple[str, ...] = (),
+    ):
         self.env = env
         self.log_dir = log_dir
         self.say = say
@@ -93,7 +102,7 @@ class Fleet:
         self.killed: set[str] = set()
         self.unplanned: list[str] = []
         self.kills = 0
-        self.rotation = list(self.modules)
+        self.rotation = [n for n in self.modules if not kill_only or n.startswith(kill_only)]
 
     def start(self, name: str) -> None:
         self.procs[name] = start_service(self.modules[name], self.env, self.log_dir, name=name)
@@ -206,7 +215,7 @@ class Run:
             self.note(f"stack up ({self.stack.state_dir}); {plan.users} users"
                       f" (+{bulk} bulk) and event types seeded")  # fmt: skip
             fleet = Fleet(service_env(self.stack), self.stack.state_dir / "services",
-                          plan.copies, self.note)  # fmt: skip
+                          plan.copies, self.note, plan.kill_only)  # fmt: skip
             fleet.start_all()
             publisher = wl.Publisher(settings.kafka, self.catalogue, workload, plan.events,
                                      plan.rate)  # fmt: skip
@@ -461,6 +470,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(FAULTS)} (or 'none')",
     )
     parser.add_argument("--kill-interval", type=float, default=12.0)
+    parser.add_argument("--restart-after", type=float, default=2.0)
+    parser.add_argument(
+        "--kill-only",
+        default="",
+        help="comma-separated service name prefixes to kill (e.g. router); default: all",
+    )
     parser.add_argument("--bulk-recipients", type=int, default=10_000)
     parser.add_argument("--outage-seconds", type=float, default=10.0)
     parser.add_argument("--settle-timeout", type=float, default=600.0)
@@ -480,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(
             label=f"mode{copies}", events=args.events, rate=args.rate, users=args.users,
             copies=copies, faults=faults, kill_interval=args.kill_interval,
+            restart_after=args.restart_after,
+            kill_only=tuple(p for p in args.kill_only.split(",") if p),
             bulk_recipients=args.bulk_recipients, outage_seconds=args.outage_seconds,
             settle_timeout=args.settle_timeout, supervise=not args.no_supervise,
         )  # fmt: skip

@@ -1,5 +1,5 @@
 """The router's output stage (services.router.outputs) against the real broker: a consumed
-record is acknowledged (and so may be committed by Faust) only once every record it made is
+record is finished in the ledger (and so may be committed) only once every record it made is
 acknowledged by Kafka — not while the broker refuses them, and not before their reports."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from herald.settings import KafkaSettings
 from herald.streaming import Outgoing, producer_config
 from herald.topics import admin_client, create_declared_topics, delete_topics
 from schemas import TopicDeclaration
+from services.router.ledger import Ledger
 from services.router.outputs import Outputs
 from tests.integration.kafka_util import read_all
 
@@ -28,30 +29,30 @@ pytestmark = pytest.mark.integration
 
 @dataclass(eq=False)
 class FakeMessage:
-    tp: tuple[str, int]
-
-
-@dataclass(eq=False)
-class FakeEvent:
-    """Stands in for a Faust event: its identity and its partition matter to Outputs."""
+    """Stands in for a Faust message: Outputs reads its partition and offset."""
 
     name: str
-    partition: int = 0
-
-    @property
-    def message(self) -> FakeMessage:
-        return FakeMessage(("input", self.partition))
+    tp: tuple[str, int]
+    offset: int
 
 
-class Stream:
-    """Records the acks Outputs gives (Faust's ``Stream.ack`` in production)."""
+class Input:
+    """Consumed records of the topic ``input``, offsets counted per partition, each reported
+    received to the ledger as the agents do."""
 
-    def __init__(self) -> None:
-        self.acked: list[FakeEvent] = []
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.next = {p: 0 for p in range(3)}
+        ledger.assigned({("input", p): 0 for p in range(3)})
 
-    async def ack(self, event: FakeEvent) -> bool:
-        self.acked.append(event)
-        return True
+    def take(self, name: str, partition: int) -> FakeMessage:
+        message = FakeMessage(name, ("input", partition), self.next[partition])
+        self.next[partition] += 1
+        self.ledger.received(message.tp, message.offset)
+        return message
+
+    def committable(self) -> list[int | None]:
+        return [self.ledger.committable(("input", p)) for p in range(3)]
 
 
 @pytest.fixture
@@ -62,13 +63,16 @@ def prefix(kafka_settings: KafkaSettings) -> Iterator[str]:
     delete_topics(kafka_settings, [name for name in names if name.startswith(prefix)])
 
 
-def make_outputs(kafka: KafkaSettings, health: Health, dlq: str, **config: Any) -> Outputs:
-    def dead_letter(event: Any, error: PermanentError) -> Outgoing:
-        return Outgoing(dlq, event.name, b"input", [("x-error-class", error.error_class)])
+def make_outputs(
+    kafka: KafkaSettings, health: Health, dlq: str, ledger: Ledger, **config: Any
+) -> Outputs:
+    def dead_letter(message: Any, error: PermanentError) -> Outgoing:
+        return Outgoing(dlq, message.name, b"input", [("x-error-class", error.error_class)])
 
     return Outputs(
         lambda: AckedProducer(producer_config(kafka, **config)),
         dead_letter,
+        ledger,
         service="router-test",
         health=health,
     )
@@ -85,47 +89,53 @@ def create(kafka: KafkaSettings, *names: str) -> None:
     create_declared_topics(kafka, [TopicDeclaration(name, 3, 1, {}) for name in names])
 
 
-def test_events_are_acked_after_their_outputs_and_not_while_the_broker_refuses_them(
+def test_records_are_committable_after_their_outputs_and_not_while_the_broker_refuses_them(
     kafka_settings: KafkaSettings, prefix: str
 ) -> None:
     out, dlq, later = f"{prefix}out", f"{prefix}dlq", f"{prefix}created-later"
     create(kafka_settings, out, dlq)
     health = Health()
+    ledger = Ledger({"input"})
     # Short delivery timeout: a record for a topic that does not exist is refused in ~2 s.
-    outputs = make_outputs(kafka_settings, health, dlq, **{"message.timeout.ms": 2000})
-    stream = Stream()
+    outputs = make_outputs(kafka_settings, health, dlq, ledger, **{"message.timeout.ms": 2000})
+    source = Input(ledger)
 
     async def scenario() -> None:
-        events = [FakeEvent(f"e{i}", i % 3) for i in range(200)]
-        for event in events:
-            records = [Outgoing(out, event.name, f"{event.name}/{n}".encode()) for n in range(3)]
-            await outputs.submit(stream, event, records)
-        await serve_until(outputs, lambda: len(stream.acked) == 200, 30)
-        assert set(stream.acked) == set(events)
+        for i in range(200):
+            message = source.take(f"e{i}", i % 3)
+            records = [
+                Outgoing(out, message.name, f"{message.name}/{n}".encode()) for n in range(3)
+            ]
+            await outputs.submit(message, records)
+        assert source.committable() != [67, 67, 66]  # not before the delivery reports
+        await serve_until(outputs, lambda: source.committable() == [67, 67, 66], 30)
         assert outputs.in_flight == 0
 
-        # An event whose output the broker refuses (no such topic yet) is not acknowledged,
-        # the worker says why, and the record is produced again until it is accepted. The
-        # events after it in its partition wait for it, even those with nothing to produce;
-        # another partition's events do not.
-        blocked = FakeEvent("blocked", 1)
-        behind, empty, elsewhere = FakeEvent("behind", 1), FakeEvent("empty", 1), FakeEvent("x", 2)
-        await outputs.submit(stream, blocked, [Outgoing(later, "k", b"v")])
-        await outputs.submit(stream, behind, [Outgoing(out, "k", b"behind")])
-        await outputs.submit(stream, empty, [])
-        await outputs.submit(stream, elsewhere, [Outgoing(out, "k", b"elsewhere")])
+        # A record whose output the broker refuses (no such topic yet) is not finished, the
+        # worker says why, and the record is produced again until it is accepted. The records
+        # after it in its partition are not committable either, even those with nothing to
+        # produce; another partition's are.
+        blocked = source.take("blocked", 1)
+        behind, empty, elsewhere = (
+            source.take("behind", 1),
+            source.take("empty", 1),
+            source.take("x", 2),
+        )
+        await outputs.submit(blocked, [Outgoing(later, "k", b"v")])
+        await outputs.submit(behind, [Outgoing(out, "k", b"behind")])
+        await outputs.submit(empty, [])
+        await outputs.submit(elsewhere, [Outgoing(out, "k", b"elsewhere")])
         await serve_until(outputs, lambda: "router-test/producer" in health.problems(), 30)
-        await serve_until(outputs, lambda: elsewhere in stream.acked, 30)
-        assert not {blocked, behind, empty} & set(stream.acked)
+        await serve_until(outputs, lambda: source.committable()[2] == 67, 30)
+        assert source.committable()[1] == blocked.offset == 67
         create(kafka_settings, later)
-        await serve_until(outputs, lambda: empty in stream.acked, 90)
-        assert stream.acked[-4:] == [elsewhere, blocked, behind, empty]
+        await serve_until(outputs, lambda: source.committable()[1] == 70, 90)
         assert "router-test/producer" not in health.problems()
 
         # An output larger than message.max.bytes: the input goes to the DLQ instead.
-        huge = FakeEvent("huge")
-        await outputs.submit(stream, huge, [Outgoing(out, "k", b"x" * 2_000_000)])
-        await serve_until(outputs, lambda: huge in stream.acked, 30)
+        huge = source.take("huge", 0)
+        await outputs.submit(huge, [Outgoing(out, "k", b"x" * 2_000_000)])
+        await serve_until(outputs, lambda: source.committable()[0] == 68, 30)
 
     asyncio.run(scenario())
     values = sorted(m.value() or b"" for m in read_all(kafka_settings, out))
