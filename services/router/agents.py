@@ -70,7 +70,7 @@ from services.router.app import (
 )
 from services.router.holds import HoldStore
 from services.router.outputs import Outputs
-from services.router.repair import GapReader
+from services.router.repair import GapReader, repair
 
 log = logging.getLogger(__name__)
 
@@ -537,33 +537,13 @@ _gap_reader = GapReader(settings.kafka, f"{app.conf.id}-gaps")
 
 @app.timer(interval=0.5)
 async def repair_gaps() -> None:
-    """Route the records a stream skipped (services.router.ledger): read each gap from the
-    broker, route its records like the stream's, and finish the offsets that hold none."""
-    for gap in ledger.gaps(time.monotonic()):
-        found = await asyncio.to_thread(_gap_reader.read, gap.tp, gap.start, gap.end)
-        log.warning(
-            "the stream skipped records; routing them from the broker",
-            extra={
-                "topic": gap.tp.topic,
-                "partition": gap.tp.partition,
-                "offsets": f"{gap.start}-{gap.end - 1}",
-                "records": len(found.records),
-                "holes": len(found.holes),
-                "complete": found.complete,
-            },
-        )
-        stage = _STAGES[gap.tp.topic]
-        for message in found.records:
-            REPAIRED.labels(gap.tp.topic).inc()
-            await stage.route(message)
-        for offset in found.holes:
-            ledger.finished(gap.tp, offset)
-        # The ledger counted every offset of the gap as received; those neither routed nor
-        # known to be holes (the broker did not answer in time) become a gap again.
-        routed = {message.offset for message in found.records} | set(found.holes)
-        for offset in range(gap.start, gap.end):
-            if offset not in routed:
-                ledger.abandoned(gap.tp, offset)
+    """Route the records a stream skipped (services.router.ledger, services.router.repair)."""
+
+    async def route(message: Message) -> None:
+        REPAIRED.labels(message.topic).inc()
+        await _STAGES[message.topic].route(message)
+
+    await repair(ledger, _gap_reader, route, time.monotonic())
 
 
 async def _flush_outputs(app: Any, **kwargs: Any) -> None:

@@ -1,15 +1,19 @@
-"""Read a ledger gap's records straight from the broker (services.router.ledger).
+"""Route the records of a ledger gap, read straight from the broker (services.router.ledger).
 
 A gap is a run of offsets at a partition's commit point that the stream did not hand to the
 router while it handed a later one. :func:`read_gap` reads that run with a plain consumer
 that joins no group and commits nothing, and returns the records it holds as Faust messages
 (so the router routes them exactly as it routes the stream's) and the offsets that hold no
-record (transaction markers, deleted segments). It blocks; call it in a thread.
+record (transaction markers, deleted segments). It blocks; :func:`repair` calls it in a
+thread and hands each record to the router's stage for its topic.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +22,9 @@ from faust.types import TP, Message
 
 from herald.settings import KafkaSettings
 from herald.streaming import consumer_config
+from services.router.ledger import Ledger
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,3 +117,42 @@ def _faust_message(tp: TP, message: Any) -> Message:
         serialized_value_size=len(value) if value else 0,
         tp=tp,
     )
+
+
+async def repair(
+    ledger: Ledger,
+    reader: GapReader,
+    route: Callable[[Message], Awaitable[None]],
+    now: float,
+) -> int:
+    """Read each gap the ledger reports and ``route`` its records (which reports them received
+    and, once their outputs are acknowledged, finished); finish the offsets that hold none.
+    Returns how many records were routed."""
+    routed_count = 0
+    for gap in ledger.gaps(now):
+        found = await asyncio.to_thread(reader.read, gap.tp, gap.start, gap.end)
+        log.warning(
+            "the stream skipped records; routing them from the broker",
+            extra={
+                "topic": gap.tp.topic,
+                "partition": gap.tp.partition,
+                "offsets": f"{gap.start}-{gap.end - 1}",
+                "records": len(found.records),
+                "holes": len(found.holes),
+                "complete": found.complete,
+            },
+        )
+        for message in found.records:
+            await route(message)
+        routed_count += len(found.records)
+        for offset in found.holes:
+            ledger.finished(gap.tp, offset)
+        # The ledger counted the gap's offsets as received when it reported the gap; route()
+        # counted each record again. Release the gap's own count: a routed record stays
+        # received until its outputs are acknowledged, a hole is finished, and an offset the
+        # broker did not answer for in time becomes a gap again.
+        holes = set(found.holes)
+        for offset in range(gap.start, gap.end):
+            if offset not in holes:
+                ledger.abandoned(gap.tp, offset)
+    return routed_count
