@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from functools import cache, lru_cache
 from typing import Any, cast
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import Message as KafkaMessage
 from faust.types import TP, EventT, StreamT
 from faust.types.tuples import Message
@@ -84,6 +85,11 @@ hold_store = HoldStore(settings.database, settings.kafka, catalogue)
 #: The DLQ-flood guard's limits (``HERALD_DLQ_GUARD_*``), one guard per stage.
 _guard_settings = DlqLimitSettings()
 
+LOCAL = Counter(
+    "herald_router_local_recipients_total",
+    "Recipients stage 1 routed on this worker (it holds their user's tables) instead of "
+    "writing them to the recipients topic.",
+)
 REPAIRED = Counter(
     "herald_router_gap_records_total",
     "Records the router's stream skipped and the router routed from the broker instead "
@@ -126,6 +132,7 @@ class _Stage:
         """Route one record and hand what it made to :data:`outputs` (the ledger has it as
         received, and as finished once all of it is on the broker)."""
         ledger.received(message.tp, message.offset)
+        _records_in(message.topic).inc()
         outgoing = await self.handle(message)
         if _is_dead_letter(outgoing):
             outgoing = await _guarded(self.name, self.guard, message, outgoing, self.handle)
@@ -201,14 +208,71 @@ async def expand_events(stream: StreamT[bytes]) -> None:
 
 
 async def _expand(message: Message) -> list[Outgoing]:
-    _records_in(message.topic).inc()
     try:
         record = routing.decode_input(message.value, routing.EVENT)
         event_type = await _lookup(event_types, record["event_type"], routing.EVENT_TYPE, message)
         routing.check_event_type(record, event_type)
-        return routing.recipient_outputs(record, catalogue)
+        recipients = routing.expand(record)
     except Exception as exc:
         return [_dead_letter(message, _permanent(exc))]
+    outgoing: list[Outgoing] = []
+    for recipient in recipients:
+        outgoing += await _route_here_or_send(recipient, message)
+    return outgoing
+
+
+async def _route_here_or_send(recipient: Record, event: Message) -> list[Outgoing]:
+    """Route a recipient's copy here when this worker holds its user's tables (the recipients
+    partition is assigned here, its tables recovered), else write it to the recipients topic
+    for the worker that holds them. Routing here saves a produce, a Faust consume and a
+    decode per recipient; with one worker every recipient is routed here.
+
+    A login goes through the topic always: its known-device write must land on the changelog
+    partition of the recipients record, which Faust takes from the record being processed.
+    If a rebalance starts while routing here, the result is dropped and the copy written to
+    the topic: the tables may have been given up mid-way (a user would look unknown).
+    Routing here has no side effect that routing the copy again would repeat: a quiet-hours
+    hold is inserted once per delivery id."""
+    copy = routing.recipient_output(recipient, catalogue)
+    key = recipient["user_id"].encode()
+    tp = TP(recipients_topic.get_topic_name(), _partition_of(key))
+    generation = app.consumer_generation_id
+    if devices.is_login(recipient["event"]) or not _holds_tables(tp):
+        return [copy]
+    message = Message(
+        topic=tp.topic,
+        partition=tp.partition,
+        offset=-1,  # never on the topic (a copy that would be dead-lettered is sent there)
+        timestamp=event.timestamp,
+        timestamp_type=event.timestamp_type,
+        headers=event.headers,
+        key=key,
+        value=copy.value,
+        checksum=None,
+        tp=tp,
+    )
+    outgoing = await _route(message)
+    moved = app.consumer_generation_id != generation or not _holds_tables(tp)
+    if moved or _is_dead_letter(outgoing):
+        # A copy that cannot be routed goes through the topic too: stage 2 parks it with the
+        # offset it has there (replayable like any), and counts it in its own DLQ guard.
+        return [copy]
+    LOCAL.inc()
+    return outgoing
+
+
+def _holds_tables(tp: TP) -> bool:
+    """Whether the user tables of recipients partition ``tp`` are active and recovered here."""
+    if app.rebalancing or not cast(Any, app.tables).recovery.completed.is_set():
+        return False
+    return tp in app.assignor.assigned_actives()
+
+
+@lru_cache(maxsize=65_536)
+def _partition_of(key: bytes) -> int:
+    """The recipients partition of a user id: murmur2 as the Java client, aiokafka and Faust
+    (and Herald's producers, herald.streaming.producer_config) partition keys."""
+    return int(murmur2(key) & 0x7FFFFFFF) % catalogue.recipients.partitions
 
 
 # --- stage 2 -------------------------------------------------------------------------------
@@ -221,7 +285,6 @@ async def route_recipients(stream: StreamT[bytes]) -> None:
 
 
 async def _route(message: Message) -> list[Outgoing]:
-    _records_in(message.topic).inc()
     try:
         recipient = routing.decode_input(message.value, routing.RECIPIENT_EVENT)
         user_id = recipient["user_id"]

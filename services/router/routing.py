@@ -222,14 +222,19 @@ def expand(event: Mapping[str, Any]) -> list[Record]:
     return [{"user_id": user_id, "event": {**event, "recipients": [user_id]}} for user_id in users]
 
 
-def recipient_outputs(event: Mapping[str, Any], catalogue: Catalogue) -> list[Outgoing]:
-    """The records stage 1 writes: each recipient's copy on the recipients topic, keyed by
+def recipient_output(recipient: Mapping[str, Any], catalogue: Catalogue) -> Outgoing:
+    """The record stage 1 writes for one recipient: its copy on the recipients topic, keyed by
     user id so that it lands on the partition of that user's tables."""
-    topic = catalogue.recipients.name
-    return [
-        Outgoing(topic, recipient["user_id"].encode(), encode(RECIPIENT_EVENT, recipient))
-        for recipient in expand(event)
-    ]
+    return Outgoing(
+        catalogue.recipients.name,
+        recipient["user_id"].encode(),
+        encode(RECIPIENT_EVENT, recipient),
+    )
+
+
+def recipient_outputs(event: Mapping[str, Any], catalogue: Catalogue) -> list[Outgoing]:
+    """Every recipient's copy of ``event`` on the recipients topic."""
+    return [recipient_output(recipient, catalogue) for recipient in expand(event)]
 
 
 # --- stage 2: one recipient --------------------------------------------------------------
