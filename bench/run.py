@@ -182,6 +182,20 @@ def raw_reference(settings: Settings, topic: str, count: int, size: int) -> floa
     return count / elapsed
 
 
+def usage(service: ServiceProcess) -> dict[str, float]:
+    """A running service's peak resident memory (MB, the kernel's high-water mark) and the CPU
+    seconds it has used, from /proc (Linux)."""
+    pid = service.proc.pid
+    peak_kb = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak_kb = int(line.split()[1])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return {"peak_rss_mb": round(peak_kb / 1024, 1), "cpu_seconds": round(cpu, 1)}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -278,6 +292,7 @@ def main() -> None:
             args.timeout,
         )
         rate_lat = latencies(conn, rate_sent)
+        resources = {service.name: usage(service) for service in services if service.running()}
 
         sample = {
             "event_id": str(uuid.uuid4()),
@@ -315,6 +330,7 @@ def main() -> None:
             },
             "raw_kafka_produce_consume_msgs_per_s": round(raw, 1),
             "event_bytes": event_size,
+            "services": resources,
             **standins,
         }
         RESULTS.mkdir(exist_ok=True)
@@ -332,6 +348,10 @@ def main() -> None:
             ("raw confluent-kafka produce→consume msgs/s", f"{raw:,.0f}"),
         ]
         rows += [(STANDIN_LABELS[key], f"{value:,.0f}") for key, value in standins.items()]
+        rows += [
+            (f"{name}: peak RSS / CPU", f"{use['peak_rss_mb']:,.0f} MB / {use['cpu_seconds']} s")
+            for name, use in resources.items()
+        ]
         width = max(len(r[0]) for r in rows)
         print()
         for name, value in rows:

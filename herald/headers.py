@@ -33,6 +33,9 @@ H_ERROR_CLASS = "x-error-class"
 H_ERROR_MESSAGE = "x-error-message"
 H_FIRST_FAILED_AT = "x-first-failed-at"
 H_REPLAY_COUNT = "x-replay-count"
+#: The service that wrote a status event, on the ones a service reads back itself
+#: (inapp_store's in-app ``delivered``), so that it skips its own echo without decoding it.
+H_WRITTEN_BY = "x-written-by"
 
 #: Where an unreadable value is kept on a dead letter: ``x-attempt`` → ``x-garbled-attempt``.
 GARBLED_PREFIX = "x-garbled-"

@@ -9,7 +9,8 @@ plus the records to produce once the rows are committed:
   the in-app delivery ``delivered`` with its attempt row, and the same ``delivered`` status
   event for ``herald.delivery-status.v1``, so every delivery's outcome is on the status topic.
 - ``herald.delivery-status.v1`` → the delivery row (status precedence applied) and an attempt
-  row.
+  row; except this service's own ``delivered`` events (header ``x-written-by: inapp_store``),
+  whose rows it wrote with the delivery: skipped without being decoded.
 
 An undecodable or invalid record (or an in-app delivery whose ``x-*`` headers cannot be read:
 ``headers.invalid``) goes to its topic's DLQ when the catalogue gives it one
@@ -27,7 +28,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from herald.errors import ProcessingError
-from herald.headers import HEADERS_INVALID, header_problems
+from herald.headers import H_WRITTEN_BY, HEADERS_INVALID, header_problems
 from herald.sender import attempt_of
 from herald.serde import SerdeError, decode
 from herald.status import status_event, status_outgoing
@@ -67,6 +68,8 @@ class BatchPlan:
     invalid: list[InvalidMessage] = field(default_factory=list)
     #: In-app deliveries this batch completes.
     delivered: int = 0
+    #: This service's own status events read back (their rows were written with them).
+    echoes: int = 0
     #: Consecutive invalid records at the end of the batch (including those carried in).
     invalid_streak: int = 0
     #: The longest run of consecutive invalid records seen (including those carried in).
@@ -126,6 +129,9 @@ def plan_batch(
                     notification_row(_decode(message, catalogue.notifications))
                 )
             elif topic == statuses:
+                if _is_echo(message):
+                    plan.echoes += 1
+                    continue
                 plan.rows.add_status(*status_rows(_decode(message, catalogue.delivery_status)))
             elif topic == inapp.name:
                 _check_headers(message)
@@ -161,7 +167,18 @@ def _deliver_inapp(
     delivery, attempt_row = status_rows(event)
     rows.add_notification(inbox_row_from_request(request), from_request=True)
     rows.add_status(delivery, attempt_row)
-    return status_outgoing(catalogue, event)
+    outgoing = status_outgoing(catalogue, event)
+    outgoing.headers.append(ECHO_HEADER)
+    return outgoing
+
+
+#: Marks the status events this service writes (and reads back) itself.
+ECHO_HEADER: tuple[str, bytes] = (H_WRITTEN_BY, b"inapp_store")
+
+
+def _is_echo(message: Message) -> bool:
+    headers = message.headers()  # a list of (name, bytes) from confluent-kafka
+    return isinstance(headers, list) and ECHO_HEADER in headers
 
 
 def _refuse(

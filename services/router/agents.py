@@ -253,8 +253,9 @@ async def _route_here_or_send(recipient: Record, event: Message) -> list[Outgoin
     )
     outgoing = await _route(message)
     moved = app.consumer_generation_id != generation or not _holds_tables(tp)
-    if moved or _is_dead_letter(outgoing):
-        # A copy that cannot be routed goes through the topic too: stage 2 parks it with the
+    if moved or _is_dead_letter(outgoing) or not outputs.fit(outgoing):
+        # A copy that cannot be routed (or whose output the broker would refuse as too large)
+        # goes through the topic too: stage 2 parks that recipient's copy alone, with the
         # offset it has there (replayable like any), and counts it in its own DLQ guard.
         return [copy]
     LOCAL.inc()

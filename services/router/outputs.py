@@ -83,6 +83,10 @@ class Outputs:
             self._producer = self._make_producer()
         return self._producer
 
+    def fit(self, outgoing: Sequence[Outgoing]) -> bool:
+        """Whether the broker can take every one of ``outgoing`` (``message.max.bytes``)."""
+        return all(self.producer.fits(record) for record in outgoing)
+
     async def submit(self, message: Any, outgoing: Sequence[Outgoing]) -> None:
         """Produce ``outgoing`` (what ``message`` made, already reported ``received`` to the
         ledger); the message is finished when all are acked."""
@@ -91,7 +95,7 @@ class Outputs:
             return
         pending = _Pending(message, len(outgoing))
         producer = self.producer
-        if not all(producer.fits(record) for record in outgoing):
+        if not self.fit(outgoing):
             largest = max(outgoing, key=producer.size)
             error = RecordTooLarge(
                 f"an output of {producer.size(largest)} bytes for {largest.topic} exceeds "

@@ -360,6 +360,12 @@ def test_routes_events_and_parks_poison_on_the_dlq(
     assert sorted((d["event_id"], d["user_id"]) for d in inapp) == sorted(
         [(e1, bob), (e1, carol), (e4, alice), (e6, alice)]
     )
+    # One worker holds every user's tables, so recipients are routed where their event was
+    # expanded: only the two copies stage 2 parks (with their real offsets) take the hop.
+    hop = kafka.records(catalogue.recipients.name)
+    assert sorted((r["event"]["event_type"], r["user_id"]) for r in hop) == sorted(
+        [("comment.created", ghost), ("needs.key", alice)]
+    )
     # Every delivery is keyed by its user, on the partition of that user's table rows.
     for message in kafka.messages(catalogue.deliveries_inapp.name):
         assert message.key() == decode(message.value() or b"")["user_id"].encode()

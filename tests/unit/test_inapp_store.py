@@ -17,6 +17,7 @@ from confluent_kafka import Message
 
 from herald import identity
 from herald.db.models import DELIVERY_STATUSES
+from herald.headers import H_WRITTEN_BY
 from herald.metrics import HEALTH
 from herald.serde import decode, encode
 from herald.settings import Settings
@@ -351,6 +352,19 @@ def test_the_echoed_delivered_status_changes_nothing() -> None:
     echo, _ = status_rows(decode(plan.outgoing[0].value or b""))
     assert echo == stored
     assert not echo.outranks(stored)
+
+
+def test_its_own_echo_is_skipped_without_decoding_and_other_statuses_are_not() -> None:
+    plan = plan_batch([inapp_message(request())], CATALOGUE_T, now=datetime.now(UTC))
+    [outgoing] = plan.outgoing
+    assert (H_WRITTEN_BY, b"inapp_store") in outgoing.headers
+    status_topic = CATALOGUE_T.delivery_status.name
+    echo = message(status_topic, outgoing.value, offset=5, x_written_by="inapp_store")
+    garbage_echo = message(status_topic, b"never decoded", offset=6, x_written_by="inapp_store")
+    other = message(status_topic, outgoing.value, offset=7, x_written_by="email_sender")
+    plan = plan_batch([echo, garbage_echo, other], CATALOGUE_T, now=datetime.now(UTC))
+    assert plan.echoes == 2 and plan.invalid == []
+    assert len(plan.rows.delivery_rows()) == 1  # only the one another service wrote
 
 
 def test_undecodable_records_go_to_the_dlq_or_are_skipped() -> None:
