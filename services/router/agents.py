@@ -233,40 +233,59 @@ async def _route_here_or_send(recipient: Record, event: Message) -> list[Outgoin
     the topic: the tables may have been given up mid-way (a user would look unknown).
     Routing here has no side effect that routing the copy again would repeat: a quiet-hours
     hold is inserted once per delivery id."""
-    copy = routing.recipient_output(recipient, catalogue)
     key = recipient["user_id"].encode()
-    tp = TP(recipients_topic.get_topic_name(), _partition_of(key))
-    generation = app.consumer_generation_id
+    tp = _RECIPIENT_TPS[_partition_of(key)]
     if devices.is_login(recipient["event"]) or not _holds_tables(tp):
-        return [copy]
+        return [routing.recipient_output(recipient, catalogue)]
+    generation = app.consumer_generation_id
     message = Message(
         topic=tp.topic,
         partition=tp.partition,
-        offset=-1,  # never on the topic (a copy that would be dead-lettered is sent there)
+        offset=-1,  # never on the topic (a copy that cannot be routed here is sent there)
         timestamp=event.timestamp,
         timestamp_type=event.timestamp_type,
         headers=event.headers,
         key=key,
-        value=copy.value,
+        value=None,
         checksum=None,
         tp=tp,
     )
-    outgoing = await _route(message)
+    try:
+        outgoing: list[Outgoing] | None = await _route_recipient(recipient, message)
+    except Exception:
+        outgoing = None  # stage 2 parks it (or meets the same bug) with the copy's offset
     moved = app.consumer_generation_id != generation or not _holds_tables(tp)
-    if moved or _is_dead_letter(outgoing) or not outputs.fit(outgoing):
+    if outgoing is None or moved or not outputs.fit(outgoing):
         # A copy that cannot be routed (or whose output the broker would refuse as too large)
         # goes through the topic too: stage 2 parks that recipient's copy alone, with the
         # offset it has there (replayable like any), and counts it in its own DLQ guard.
-        return [copy]
+        return [routing.recipient_output(recipient, catalogue)]
     LOCAL.inc()
     return outgoing
+
+
+class _Actives:
+    """The active table partitions of this worker, per consumer generation (Faust's assignor
+    builds a new set on every call)."""
+
+    generation: int = -1
+    partitions: frozenset[TP] = frozenset()
 
 
 def _holds_tables(tp: TP) -> bool:
     """Whether the user tables of recipients partition ``tp`` are active and recovered here."""
     if app.rebalancing or not cast(Any, app.tables).recovery.completed.is_set():
         return False
-    return tp in app.assignor.assigned_actives()
+    if _Actives.generation != app.consumer_generation_id:
+        _Actives.partitions = frozenset(app.assignor.assigned_actives())
+        _Actives.generation = app.consumer_generation_id
+    return tp in _Actives.partitions
+
+
+#: The recipients topic's partitions, made once (a named tuple per recipient costs).
+_RECIPIENT_TPS = [
+    TP(recipients_topic.get_topic_name(), p) for p in range(catalogue.recipients.partitions)
+]
 
 
 @lru_cache(maxsize=65_536)
@@ -288,31 +307,35 @@ async def route_recipients(stream: StreamT[bytes]) -> None:
 async def _route(message: Message) -> list[Outgoing]:
     try:
         recipient = routing.decode_input(message.value, routing.RECIPIENT_EVENT)
-        user_id = recipient["user_id"]
-        code = recipient["event"]["event_type"]
-        # A preference changed just before this event must rule it: let the feeders of this
-        # partition's user and preferences rows store what their topics hold first.
-        await _wait_until_fed(message.partition, _deadline(message))
-        user = await _lookup(users, user_id, routing.USER, message)
-        if user is None:
-            raise PermanentError(
-                f"user {user_id!r} is unknown (no record on the users topic)",
-                error_class="user.unknown",
-            )
-        event_type = routing.check_event_type(
-            recipient["event"], await _lookup(event_types, code, routing.EVENT_TYPE, message)
-        )
-        raw_preferences = preferences.get(user_id.encode())
-        user_preferences = (
-            _decoded(raw_preferences, routing.PREFERENCES) if raw_preferences else None
-        )
-        now = datetime.now(UTC)
-        routed = routing.route(recipient, user, user_preferences, event_type, now)
-        outgoing = routing.routed_outputs(routed, catalogue)
-        if devices.is_login(recipient["event"]):
-            outgoing += await _login_alert(recipient, user, user_preferences, now, message)
+        return await _route_recipient(recipient, message)
     except Exception as exc:
         return [_dead_letter(message, _permanent(exc))]
+
+
+async def _route_recipient(recipient: Record, message: Message) -> list[Outgoing]:
+    """Route one recipient's copy with this worker's tables (``message`` says where it is:
+    its partition picks the tables to wait for). Raises what makes it poison."""
+    user_id = recipient["user_id"]
+    code = recipient["event"]["event_type"]
+    # A preference changed just before this event must rule it: let the feeders of this
+    # partition's user and preferences rows store what their topics hold first.
+    await _wait_until_fed(message.partition, _deadline(message))
+    user = await _lookup(users, user_id, routing.USER, message)
+    if user is None:
+        raise PermanentError(
+            f"user {user_id!r} is unknown (no record on the users topic)",
+            error_class="user.unknown",
+        )
+    event_type = routing.check_event_type(
+        recipient["event"], await _lookup(event_types, code, routing.EVENT_TYPE, message)
+    )
+    raw_preferences = preferences.get(user_id.encode())
+    user_preferences = _decoded(raw_preferences, routing.PREFERENCES) if raw_preferences else None
+    now = datetime.now(UTC)
+    routed = routing.route(recipient, user, user_preferences, event_type, now)
+    outgoing = routing.routed_outputs(routed, catalogue)
+    if devices.is_login(recipient["event"]):
+        outgoing += await _login_alert(recipient, user, user_preferences, now, message)
     for status in routed.statuses:
         DELIVERIES.labels(status["channel"], status["status"]).inc()
     await _hold(routing.held_rows(routed))
