@@ -1,16 +1,22 @@
 """``make bench``: Herald's throughput and latency on this machine, everything co-located.
 
-1. Brings up whatever is not running (local stack), on bench-only topics (a fresh prefix) and a
-   fresh database schema, and starts router, senders and inapp_store as real processes.
-2. Seeds an event type and the users (through the compacted topics, as ingest would).
-3. Peak: publishes N events (fan-out F recipients each) as fast as the producer goes and waits
-   until every delivery has a final status row in PostgreSQL: events/s and deliveries/s.
-4. Latency: publishes again at half the measured peak rate (or at `--latency-rate`); p50/p99
-   from publish to the delivery's final status row.
-5. Reference: a raw confluent-kafka produce→consume of the same number of same-size messages.
-6. The provider stand-ins' own ceiling at 0 ms latency (bench/standins.py), measured first on
-   private copies, so that a sender figure can be told apart from a stand-in limit.
-Prints a table and writes bench/results/latest.json. Stops what it started.
+One run prints and writes (``bench/results/latest.json``):
+
+1. The provider stand-ins' own ceiling at 0 ms latency (bench/standins.py), on private copies,
+   so that a sender figure can be told apart from a stand-in limit (``standin_*``).
+2. ``inapp``: in-app only, fan-out 1, ``--events`` (100,000) published as fast as the producer
+   goes: peak events/s and deliveries/s; then p50/p99 publish→final-status latency at 3,000
+   events/s and at half the peak (``latency_ms_at``, keyed by the rate).
+3. ``fanout2_all_channels``: fan-out 2 over in-app, email and SMS: deliveries/s.
+4. For each of those, every service's peak RSS and CPU seconds (``services``), from /proc.
+5. ``senders``: one sender's send path per channel with the stand-ins answering in 100 ms
+   (bench/senders.py): deliveries/s and the number in flight.
+6. ``raw_kafka_produce_consume_msgs_per_s``: a plain confluent-kafka produce→consume loop of
+   the same records, the reference.
+
+Each pipeline scenario runs on fresh bench-only topics, a fresh database schema and fresh
+service processes; the local stack is brought up if it is not running and stopped after if
+this run started it. ``--only-custom`` runs one scenario from the flags instead.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import platform
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, Producer
 
+from bench import senders
 from bench.standins import STANDIN_LABELS, ceilings
 from herald.db import migrate
 from herald.db.engine import search_path_options
@@ -201,43 +209,34 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--fanout", type=int, default=1, help="recipients per event")
-    parser.add_argument("--users", type=int, default=1_000)
-    parser.add_argument("--channels", default="inapp", help="comma-separated: inapp,email,sms")
-    parser.add_argument("--payload-bytes", type=int, default=200, help="context padding")
-    parser.add_argument("--latency-events", type=int, default=5_000)
-    parser.add_argument("--timeout", type=float, default=600)
-    parser.add_argument("--router-workers", type=int, default=1, help="router processes")
-    parser.add_argument(
-        "--latency-rate",
-        type=float,
-        default=None,
-        help="events/s of the latency run (default: half of the measured peak)",
-    )
-    parser.add_argument(
-        "--standin-seconds", type=float, default=3, help="time bound of each stand-in run"
-    )
-    parser.add_argument(
-        "--skip-standins", action="store_true", help="do not measure the stand-ins' ceiling"
-    )
-    args = parser.parse_args()
+@dataclass
+class Scenario:
+    """One pipeline run: N events (fan-out F) on fresh topics, a fresh schema and fresh
+    service processes (so each scenario's RSS and CPU are its own)."""
 
-    standins: dict[str, float] = {}
-    if not args.skip_standins:
-        print("measuring the provider stand-ins' ceiling...", flush=True)
-        standins = ceilings(seconds=args.standin_seconds)
+    name: str
+    events: int
+    fanout: int = 1
+    channels: tuple[str, ...] = ("inapp",)
+    users: int = 1_000
+    payload_bytes: int = 200
+    #: events/s of the latency runs after the peak (empty: none); 0 means half the peak
+    latency_rates: tuple[float, ...] = ()
+    latency_seconds: float = 10.0
+    router_workers: int = 1
+    timeout: float = 600.0
 
-    settings = get_settings()
-    started_parts = stack.up(settings, say=lambda line: print(line, flush=True))
+
+def run_pipeline(settings: Settings, scenario: Scenario) -> dict[str, Any]:
+    """Peak events/s and deliveries/s, latencies at the given rates, each service's peak RSS
+    and CPU seconds, and the raw confluent-kafka loop on the same broker."""
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     kafka = settings.kafka.model_copy(update={"topic_prefix": prefix})
     database = settings.database.model_copy(update={"database_schema": schema})
     catalogue = CATALOGUE.with_prefix(prefix)
     services: list[ServiceProcess] = []
+    channels = list(scenario.channels)
     create_topics(kafka, catalogue, prefix="")
     try:
         migrate.upgrade(database)
@@ -251,121 +250,224 @@ def main() -> None:
         }
         log_dir = settings.local.local_dir / "bench-logs"
         services.append(start_service("services.inapp_store", env, log_dir))
-        for worker in range(args.router_workers):
+        for worker in range(scenario.router_workers):
             services.append(start_service("services.router", env, log_dir, name=f"router-{worker}"))
-        channels = [c.strip() for c in args.channels.split(",") if c.strip()]
         for channel, module in (("email", "services.email_sender"), ("sms", "services.sms_sender")):
             if channel in channels:
                 services.append(start_service(module, env, log_dir))
         producer = Producer(producer_config(kafka, **{"linger.ms": 20}))
-        users = [f"bench-user-{i}" for i in range(args.users)]
+        users = [f"bench-user-{i}" for i in range(scenario.users)]
         code = seed(producer, catalogue, users, channels)
-        padding = "x" * args.payload_bytes
+        padding = "x" * scenario.payload_bytes
         conn = psycopg.connect(
             database.libpq_url, autocommit=True, options=search_path_options(schema)
         )
+        per_event = scenario.fanout * len(channels)
 
         # Warm-up: one event through every stage, so start-up is not measured as throughput.
-        publish(producer, catalogue, code, users, 1, args.fanout, None, padding)
-        base = args.fanout * len(channels)
-        wait_final(conn, base, args.timeout)
-        print("pipeline warm; measuring peak...", flush=True)
+        publish(producer, catalogue, code, users, 1, scenario.fanout, None, padding)
+        done = per_event
+        wait_final(conn, done, scenario.timeout)
+        print(f"[{scenario.name}] pipeline warm; measuring peak...", flush=True)
 
         t0 = time.time()
         peak_sent = publish(
-            producer, catalogue, code, users, args.events, args.fanout, None, padding
+            producer, catalogue, code, users, scenario.events, scenario.fanout, None, padding
         )
         t_published = time.time()
-        deliveries = args.events * args.fanout * len(channels)
-        t1 = wait_final(conn, base + deliveries, args.timeout)
-        peak_events_s = args.events / (t1 - t0)
+        deliveries = scenario.events * per_event
+        done += deliveries
+        t1 = wait_final(conn, done, scenario.timeout)
+        peak_events_s = scenario.events / (t1 - t0)
         peak_lat = latencies(conn, peak_sent)
-
-        rate = args.latency_rate or peak_events_s / 2
-        print(f"peak {peak_events_s:,.0f} events/s; latency at {rate:,.0f} events/s", flush=True)
-        rate_sent = publish(
-            producer, catalogue, code, users, args.latency_events, args.fanout, rate, padding
-        )
-        wait_final(
-            conn,
-            base + deliveries + args.latency_events * args.fanout * len(channels),
-            args.timeout,
-        )
-        rate_lat = latencies(conn, rate_sent)
-        resources = {service.name: usage(service) for service in services if service.running()}
-
-        sample = {
-            "event_id": str(uuid.uuid4()),
-            "event_type": code,
-            "occurred_at": datetime.now(UTC),
-            "recipients": users[: args.fanout],
-            "context": {"n": "1", "padding": padding},
-        }
-        event_size = len(encode("herald.Event", sample))
-        raw = raw_reference(
-            settings.model_copy(update={"kafka": kafka}),
-            catalogue.recipients.name,
-            args.events,
-            event_size,
-        )
-        result = {
-            "when": datetime.now(UTC).isoformat(),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "params": vars(args),
-            "events": args.events,
+        result: dict[str, Any] = {
+            "events": scenario.events,
+            "fanout": scenario.fanout,
+            "channels": channels,
             "deliveries": deliveries,
             "publish_seconds": round(t_published - t0, 3),
             "pipeline_seconds": round(t1 - t0, 3),
             "events_per_s": round(peak_events_s, 1),
             "deliveries_per_s": round(deliveries / (t1 - t0), 1),
-            "peak_latency_ms": {
-                "p50": round(percentile(peak_lat, 0.5) * 1000, 1),
-                "p99": round(percentile(peak_lat, 0.99) * 1000, 1),
-            },
-            "latency_rate_events_per_s": round(rate, 1),
-            "latency_at_rate_ms": {
-                "p50": round(percentile(rate_lat, 0.5) * 1000, 1),
-                "p99": round(percentile(rate_lat, 0.99) * 1000, 1),
-                "mean": round(statistics.fmean(rate_lat) * 1000, 1) if rate_lat else None,
-            },
-            "raw_kafka_produce_consume_msgs_per_s": round(raw, 1),
-            "event_bytes": event_size,
-            "services": resources,
-            **standins,
+            "peak_latency_ms": summary(peak_lat),
+            "latency_ms_at": {},
         }
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
-        rows = [
-            ("events", f"{args.events:,} (fan-out {args.fanout}, channels {','.join(channels)})"),
-            ("deliveries", f"{deliveries:,}"),
-            ("peak events/s", f"{result['events_per_s']:,}"),
-            ("peak deliveries/s", f"{result['deliveries_per_s']:,}"),
-            ("latency at peak p50 / p99", "{p50} / {p99} ms".format(**result["peak_latency_ms"])),
-            (
-                f"latency at {rate:,.0f} events/s p50 / p99",
-                "{p50} / {p99} ms".format(**result["latency_at_rate_ms"]),
-            ),
-            ("raw confluent-kafka produce→consume msgs/s", f"{raw:,.0f}"),
-        ]
-        rows += [(STANDIN_LABELS[key], f"{value:,.0f}") for key, value in standins.items()]
-        rows += [
-            (f"{name}: peak RSS / CPU", f"{use['peak_rss_mb']:,.0f} MB / {use['cpu_seconds']} s")
-            for name, use in resources.items()
-        ]
-        width = max(len(r[0]) for r in rows)
-        print()
-        for name, value in rows:
-            print(f"{name:<{width}}  {value}")
-        print(f"\nwritten to {RESULTS / 'latest.json'}")
+        print(f"[{scenario.name}] peak {peak_events_s:,.0f} events/s", flush=True)
+        for wanted in scenario.latency_rates:
+            rate = wanted or peak_events_s / 2
+            count = max(int(rate * scenario.latency_seconds), 100)
+            print(f"[{scenario.name}] latency at {rate:,.0f} events/s...", flush=True)
+            sent = publish(producer, catalogue, code, users, count, scenario.fanout, rate, padding)
+            done += count * per_event
+            wait_final(conn, done, scenario.timeout)
+            result["latency_ms_at"][f"{rate:.0f}"] = summary(latencies(conn, sent))
+        result["services"] = {s.name: usage(s) for s in services if s.running()}
+        sample = {
+            "event_id": str(uuid.uuid4()),
+            "event_type": code,
+            "occurred_at": datetime.now(UTC),
+            "recipients": users[: scenario.fanout],
+            "context": {"n": "1", "padding": padding},
+        }
+        result["event_bytes"] = len(encode("herald.Event", sample))
+        conn.close()
+        return result
     finally:
         stop_all(services)
+        existing = admin_client(kafka).list_topics(timeout=10).topics  # changelogs too
+        delete_topics(kafka, [name for name in existing if name.startswith(prefix)])
+        with psycopg.connect(settings.database.libpq_url, autocommit=True) as admin:
+            admin.execute(f'drop schema if exists "{schema}" cascade')
+
+
+def summary(values: list[float]) -> dict[str, float | None]:
+    """p50, p99 and mean of latencies in seconds, as milliseconds."""
+    return {
+        "p50": round(percentile(values, 0.5) * 1000, 1),
+        "p99": round(percentile(values, 0.99) * 1000, 1),
+        "mean": round(statistics.fmean(values) * 1000, 1) if values else None,
+    }
+
+
+def suite(args: argparse.Namespace) -> list[Scenario]:
+    """The scenarios of one ``make bench`` (issue 10): in-app at peak and at 3,000 events/s,
+    and fan-out 2 over all three channels; or one custom scenario from the flags."""
+    if args.only_custom:
+        return [
+            Scenario(
+                "custom",
+                args.events,
+                args.fanout,
+                tuple(c.strip() for c in args.channels.split(",") if c.strip()),
+                args.users,
+                args.payload_bytes,
+                (args.latency_rate or 0,),
+                router_workers=args.router_workers,
+                timeout=args.timeout,
+            )
+        ]
+    return [
+        Scenario("inapp", args.events, latency_rates=(3000, 0), timeout=args.timeout),
+        Scenario(
+            "fanout2_all_channels",
+            args.fanout_events,
+            fanout=2,
+            channels=("inapp", "email", "sms"),
+            timeout=args.timeout,
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=100_000, help="events of the in-app run")
+    parser.add_argument(
+        "--fanout-events", type=int, default=5_000, help="events of the fan-out 2 run"
+    )
+    parser.add_argument("--sender-count", type=int, default=6_000, help="sends per channel")
+    parser.add_argument("--sender-concurrency", type=int, default=256, help="sends in flight")
+    parser.add_argument("--sender-latency-ms", type=float, default=100)
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument(
+        "--only-custom",
+        action="store_true",
+        help="run one pipeline scenario from the flags below instead of the suite",
+    )
+    parser.add_argument("--fanout", type=int, default=1, help="(custom) recipients per event")
+    parser.add_argument("--users", type=int, default=1_000, help="(custom)")
+    parser.add_argument("--channels", default="inapp", help="(custom) e.g. inapp,email,sms")
+    parser.add_argument("--payload-bytes", type=int, default=200, help="(custom)")
+    parser.add_argument("--router-workers", type=int, default=1, help="(custom)")
+    parser.add_argument(
+        "--latency-rate", type=float, default=None, help="(custom) default: half of the peak"
+    )
+    parser.add_argument(
+        "--standin-seconds", type=float, default=3, help="time bound of each stand-in run"
+    )
+    parser.add_argument(
+        "--skip-standins", action="store_true", help="do not measure the stand-ins' ceiling"
+    )
+    parser.add_argument("--skip-senders", action="store_true", help="no sender-only run")
+    args = parser.parse_args()
+
+    result: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "params": vars(args),
+    }
+    if not args.skip_standins:
+        print("measuring the provider stand-ins' ceiling...", flush=True)
+        result.update(ceilings(seconds=args.standin_seconds))
+
+    settings = get_settings()
+    started_parts = stack.up(settings, say=lambda line: print(line, flush=True))
+    try:
+        for scenario in suite(args):
+            result[scenario.name] = run_pipeline(settings, scenario)
+        if not args.skip_senders and not args.only_custom:
+            print("measuring the senders at the provider latency...", flush=True)
+            rates = senders.measure(
+                args.sender_count, args.sender_latency_ms, args.sender_concurrency
+            )
+            result["senders"] = {
+                "provider_latency_ms": args.sender_latency_ms,
+                "in_flight": args.sender_concurrency,
+                **{f"{channel}_deliveries_per_s": round(r, 1) for channel, r in rates.items()},
+            }
+        first = next(v for k, v in result.items() if isinstance(v, dict) and "events" in v)
+        kafka = settings.kafka.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}."})
+        catalogue = CATALOGUE.with_prefix(kafka.topic_prefix)
+        create_topics(kafka, catalogue, prefix="")
         try:
-            existing = admin_client(kafka).list_topics(timeout=10).topics  # changelogs too
-            delete_topics(kafka, [name for name in existing if name.startswith(prefix)])
-            with psycopg.connect(settings.database.libpq_url, autocommit=True) as admin:
-                admin.execute(f'drop schema if exists "{schema}" cascade')
+            result["raw_kafka_produce_consume_msgs_per_s"] = round(
+                raw_reference(
+                    settings.model_copy(update={"kafka": kafka}),
+                    catalogue.recipients.name,
+                    min(first["events"], 100_000),
+                    first["event_bytes"],
+                ),
+                1,
+            )
         finally:
-            stack.down(settings, only=started_parts)
+            existing = admin_client(kafka).list_topics(timeout=10).topics
+            delete_topics(kafka, [n for n in existing if n.startswith(kafka.topic_prefix)])
+    finally:
+        stack.down(settings, only=started_parts)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
+    print()
+    for name, value in table(result):
+        print(f"{name:<48}  {value}")
+    print(f"\nwritten to {RESULTS / 'latest.json'}")
+
+
+def table(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The printed summary of ``latest.json``."""
+    rows: list[tuple[str, str]] = []
+    for name, run in result.items():
+        if not (isinstance(run, dict) and "events" in run):
+            continue
+        rows.append((f"{name}: events", f"{run['events']:,} (fan-out {run['fanout']}, "
+                     f"channels {','.join(run['channels'])})"))  # fmt: skip
+        rows.append((f"{name}: peak events/s", f"{run['events_per_s']:,}"))
+        rows.append((f"{name}: peak deliveries/s", f"{run['deliveries_per_s']:,}"))
+        for rate, lat in run["latency_ms_at"].items():
+            rows.append((f"{name}: latency at {int(rate):,} events/s p50 / p99",
+                         f"{lat['p50']} / {lat['p99']} ms"))  # fmt: skip
+        for service, use in run["services"].items():
+            rows.append((f"{name}: {service} peak RSS / CPU",
+                         f"{use['peak_rss_mb']:,.0f} MB / {use['cpu_seconds']} s"))  # fmt: skip
+    if "senders" in result:
+        sent = result["senders"]
+        for channel in ("sms", "email"):
+            rows.append((f"sender {channel} deliveries/s ({sent['in_flight']} in flight, "
+                         f"{sent['provider_latency_ms']:g} ms)",
+                         f"{sent[f'{channel}_deliveries_per_s']:,}"))  # fmt: skip
+    if "raw_kafka_produce_consume_msgs_per_s" in result:
+        rows.append(("raw confluent-kafka produce→consume msgs/s",
+                     f"{result['raw_kafka_produce_consume_msgs_per_s']:,}"))  # fmt: skip
+    rows += [(STANDIN_LABELS[k], f"{v:,.0f}") for k, v in result.items() if k in STANDIN_LABELS]
+    return rows
 
 
 if __name__ == "__main__":

@@ -21,28 +21,29 @@ from herald.topics import create_declared_topics
 def main() -> None:
     """Start the worker: JSON logs, /healthz, /readyz and /metrics, then Faust until told
     to stop."""
+    from services.router.runtime import log
     from services.router.settings import RouterSettings
 
     if RouterSettings().event_loop == "uvloop":
         # Before anything makes a loop: Faust's per-message tasks and futures cost less on it.
         mode.loop.use("uvloop")
-    from services.router import agents  # registers the agents on the app
-    from services.router.app import DATA_DIR, app, changelog_topics, router_settings, settings
+    from services.router import agents
 
+    runtime = agents.build()
+    router, app = runtime.router, runtime.app
+    router_settings, data_dir = router.router_settings, router.data_dir
     configure(router_settings.log_level)
     if not has_lz4():
         # Herald's producers compress with lz4 (herald.streaming.producer_config), and any
         # producer of the public events topic may use lz4, snappy or zstd; without cramjam
         # aiokafka reads none of them and the worker would crash on the first such batch.
-        agents.log.critical(
-            "aiokafka cannot decompress lz4: install cramjam (the aiokafka[lz4] extra)"
-        )
+        log.critical("aiokafka cannot decompress lz4: install cramjam (the aiokafka[lz4] extra)")
         sys.exit(2)
-    create_declared_topics(settings.kafka, changelog_topics())
+    create_declared_topics(router.settings.kafka, router.changelog_topics())
     # /healthz, /readyz (false while an agent has crashed or the broker refuses records) and
     # /metrics, on the metrics port.
     serve_metrics(router_settings.metrics_port)
-    owns_data_dir = router_settings.data_dir is None and not DATA_DIR.exists()
+    owns_data_dir = router_settings.data_dir is None and not data_dir.exists()
     worker = Worker(
         app,
         loglevel=router_settings.log_level,
@@ -50,15 +51,15 @@ def main() -> None:
         override_logging=False,
         quiet=True,
     )
-    agents.log.info(
+    log.info(
         "router starting",
-        extra={"app_id": app.conf.id, "data_dir": str(DATA_DIR), "broker": str(app.conf.broker)},
+        extra={"app_id": app.conf.id, "data_dir": str(data_dir), "broker": str(app.conf.broker)},
     )
     try:
         worker.execute_from_commandline()
     finally:
         if owns_data_dir:
-            shutil.rmtree(DATA_DIR, ignore_errors=True)
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The router's Faust app, declared once: its topics and its tables. Agents are in agents.py.
+"""The router's Faust app, built by :func:`create_router`: its topics and its tables (the
+agents are registered on it by services.router.agents.build). Nothing happens at import.
 
 Topic names come from the catalogue, with ``KAFKA_TOPIC_PREFIX``; so does the app id, so that
 tests on uuid-prefixed topics never share a consumer group or a changelog topic. Keys and values
@@ -18,31 +19,32 @@ Avro bytes keyed by id:
 - ``users`` and ``preferences``: keyed by user id, co-partitioned with the recipients topic
   (same partition count, same murmur2 keying), so the worker that routes a user's records
   holds that user's rows.
+
+The consumer commits the two routed topics from the app's ledger (services.router.ledger).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from herald.settings import KafkaSettings, get_settings
-from schemas import CATALOGUE, TopicDeclaration, TopicSpec
+from herald.settings import KafkaSettings, Settings, get_settings
+from schemas import CATALOGUE, Catalogue, TopicDeclaration, TopicSpec
 from services.router.ledger import Ledger
 from services.router.settings import RouterSettings
 
 #: The ``service`` label of Herald's shared metrics.
 SERVICE = "router"
 
-settings = get_settings()
-router_settings = RouterSettings()
-catalogue = CATALOGUE.with_prefix(settings.kafka.topic_prefix)
-APP_ID = f"{settings.kafka.topic_prefix}herald-router"
+#: The ``service`` label of Herald's shared metrics.
+SERVICE = "router"
 
 
 def broker_url(kafka: KafkaSettings) -> str:
@@ -50,49 +52,44 @@ def broker_url(kafka: KafkaSettings) -> str:
     return ";".join(f"kafka://{server}" for server in kafka.bootstrap_servers.split(","))
 
 
-def data_dir(router: RouterSettings) -> Path:
+def data_dir(router: RouterSettings, app_id: str) -> Path:
     """Faust's data directory: the configured one, else one per process (tables are in
     memory; the directory only has to exist and not be shared)."""
     if router.data_dir is not None:
         return router.data_dir
-    return Path(tempfile.gettempdir()) / f"{APP_ID}-{os.getpid()}"
-
-
-DATA_DIR = data_dir(router_settings)
-_session_timeout_s = settings.kafka.session_timeout_ms / 1000
-
-#: Finished offsets of the two routed topics; the only source of their commits.
-ledger = Ledger(
-    (catalogue.events.name, catalogue.recipients.name),
-    repair_after=router_settings.repair_after_ms / 1000,
-)
+    return Path(tempfile.gettempdir()) / f"{app_id}-{os.getpid()}"
 
 
 class LedgerConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer, committing the routed topics from :data:`ledger` (the
-    tables' topics keep Faust's own bookkeeping): see services.router.ledger for why."""
+    """Faust's aiokafka consumer, committing the routed topics from the app's
+    :class:`~services.router.ledger.Ledger` (the tables' topics keep Faust's own
+    bookkeeping): see services.router.ledger for why."""
+
+    @property
+    def ledger(self) -> Ledger:
+        return cast(RouterApp, self.app).ledger
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
         # Positioned at the committed offsets (None: none yet, so the log's start).
-        ledger.assigned({tp: self._committed_offset.get(tp) for tp in self.assignment()})
+        self.ledger.assigned({tp: self._committed_offset.get(tp) for tp in self.assignment()})
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        ledger.revoked(revoked)
+        self.ledger.revoked(revoked)
         await super().on_partitions_revoked(revoked)
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Any:
         yield from super()._filter_tps_with_pending_acks(topics)
-        for tp in ledger.owned():
+        for tp in self.ledger.owned():
             if topics is None or tp in topics or tp.topic in topics:
                 yield tp
 
     def _filter_committable_offsets(self, tps: Any) -> dict[TP, int]:
         tps = set(tps)
-        own = {tp for tp in tps if ledger.tracks(tp)}
+        own = {tp for tp in tps if self.ledger.tracks(tp)}
         offsets = super()._filter_committable_offsets(tps - own)
         for tp in own:
-            offset = ledger.committable(tp)
+            offset = self.ledger.committable(tp)
             if offset is not None and self._should_commit(tp, offset):
                 offsets[tp] = offset
         return offsets
@@ -103,64 +100,63 @@ class LedgerTransport(faust_aiokafka.Transport):
 
 
 class RouterApp(faust.App):
-    """Faust's app with the :class:`LedgerConsumer`."""
+    """Faust's app with the :class:`LedgerConsumer` and its ledger."""
+
+    ledger: Ledger
 
     def _new_transport(self) -> Any:
         return LedgerTransport(self.conf.broker_consumer, self)
 
 
-app = RouterApp(
-    APP_ID,
-    broker=broker_url(settings.kafka),
-    store="memory://",
-    key_serializer="raw",
-    value_serializer="raw",
-    datadir=str(DATA_DIR),
-    # Tables without an explicit count (none today) and Faust's own topics follow the user
-    # tables, which the catalogue keeps co-partitioned.
-    topic_partitions=catalogue.users.partitions,
-    topic_replication_factor=catalogue.users.replication_factor,
-    # Faust must create its changelog topics (the broker does not auto-create topics); it
-    # never creates the catalogue's topics, which are not internal.
-    topic_allow_declare=True,
-    # No leader election topic: nothing here needs a leader.
-    topic_disable_leader=True,
-    consumer_auto_offset_reset="earliest",
-    broker_session_timeout=_session_timeout_s,
-    broker_heartbeat_interval=max(_session_timeout_s / 4, 0.5),
-    broker_commit_interval=router_settings.commit_interval_ms / 1000,
-    # Do not wait, on a rebalance or a stop, until every record being routed is acknowledged:
-    # a record can be held for long (the broker refuses its output, PostgreSQL is down for a
-    # quiet-hours hold, the DLQ-flood guard tripped), and Faust's wait has no time limit, so
-    # the worker would miss the rebalance or never stop. Nothing is lost by not waiting: a
-    # record is acknowledged only once its output is on the broker (services.router.outputs),
-    # so Faust commits only finished work, and the rest is routed again by the partition's
-    # next owner (the outputs have deterministic ids; the consumers downstream are idempotent).
-    stream_wait_empty=False,
-    # Faust's own producer writes only the tables' changelogs now (the agents' output goes
-    # through services.router.outputs).
-    producer_linger=router_settings.producer_linger_ms / 1000,
-    web_enabled=router_settings.web_port != 0,
-    web_port=router_settings.web_port or 6066,
-    web_bind=router_settings.web_bind,
-    web_host=router_settings.web_bind,
-    # Faust reads its settings from ROUTER_FAUST_<NAME> (e.g. ROUTER_FAUST_WEB_PORT), never
-    # from unprefixed variables another program may have set.
-    env_prefix="ROUTER_FAUST",
-)
+@dataclass
+class Router:
+    """One router worker's Faust app with its topics and tables (see the module docstring)."""
 
+    settings: Settings
+    router_settings: RouterSettings
+    catalogue: Catalogue
+    app: RouterApp
+    data_dir: Path
+    events_topic: faust.TopicT
+    event_types_topic: faust.TopicT
+    users_topic: faust.TopicT
+    preferences_topic: faust.TopicT
+    recipients_topic: faust.TopicT
+    event_types: Any
+    users: Any
+    preferences: Any
+    known_devices: Any
 
-def _topic(spec: TopicSpec | str) -> faust.TopicT:
-    name = spec if isinstance(spec, str) else spec.name
-    # allow_empty: tombstones (null values) reach the agents, which treat them explicitly.
-    return app.topic(name, key_type=bytes, value_type=bytes, allow_empty=True)
+    @property
+    def ledger(self) -> Ledger:
+        return self.app.ledger
 
+    def changelog_topics(self) -> list[TopicDeclaration]:
+        """The tables' changelog topics, declared as Faust declares them (compacted, one
+        partition per partition of the table).
 
-events_topic = _topic(catalogue.events)
-event_types_topic = _topic(catalogue.event_types)
-users_topic = _topic(catalogue.users)
-preferences_topic = _topic(catalogue.preferences)
-recipients_topic = _topic(catalogue.recipients)
+        Faust creates missing ones itself, but the group leader may compute the assignment
+        before its metadata shows a topic it has just created, and then leaves the topic out:
+        a table never recovers, and a global table's assignment fails and the worker hangs.
+        So the router creates them first (herald.topics.create_declared_topics waits until
+        they are served).
+        """
+        catalogue = self.catalogue
+        tables: list[tuple[Any, TopicSpec]] = [
+            (self.event_types, catalogue.event_types),
+            (self.users, catalogue.users),
+            (self.preferences, catalogue.preferences),
+            (self.known_devices, catalogue.recipients),
+        ]
+        return [
+            TopicDeclaration(
+                table.changelog_topic.get_topic_name(),
+                spec.partitions,
+                spec.replication_factor,
+                {"cleanup.policy": "compact", **_changelog_configs(spec)},
+            )
+            for table, spec in tables
+        ]
 
 
 def _changelog_configs(spec: TopicSpec) -> dict[str, str]:
@@ -169,64 +165,109 @@ def _changelog_configs(spec: TopicSpec) -> dict[str, str]:
     return dict(spec.compact_config)
 
 
-event_types = app.GlobalTable(
-    "event_types",
-    key_type=bytes,
-    value_type=bytes,
-    partitions=catalogue.event_types.partitions,
-    recovery_buffer_size=1,
-    extra_topic_configs=_changelog_configs(catalogue.event_types),
-    help="herald.EventType records (Avro bytes) by event type code.",
-)
-users = app.Table(
-    "users",
-    key_type=bytes,
-    value_type=bytes,
-    partitions=catalogue.users.partitions,
-    extra_topic_configs=_changelog_configs(catalogue.users),
-    help="herald.User records (Avro bytes) by user id.",
-)
-preferences = app.Table(
-    "preferences",
-    key_type=bytes,
-    value_type=bytes,
-    partitions=catalogue.preferences.partitions,
-    extra_topic_configs=_changelog_configs(catalogue.preferences),
-    help="herald.Preferences records (Avro bytes) by user id.",
-)
-#: Written by the recipients agent (stage 2), so its changelog partitions are the recipients
-#: topic's, which the catalogue keeps equal to the users topic's.
-known_devices = app.Table(
-    "known_devices",
-    key_type=bytes,
-    value_type=bytes,
-    partitions=catalogue.recipients.partitions,
-    extra_topic_configs=_changelog_configs(catalogue.users),
-    help="Each user's known devices (JSON, see services.router.devices) by user id.",
-)
+def create_router(
+    settings: Settings | None = None, router_settings: RouterSettings | None = None
+) -> Router:
+    """The app, its topics and tables, from the environment unless given. Nothing connects
+    until the worker starts."""
+    settings = settings or get_settings()
+    router_settings = router_settings or RouterSettings()
+    catalogue = CATALOGUE.with_prefix(settings.kafka.topic_prefix)
+    app_id = f"{settings.kafka.topic_prefix}herald-router"
+    directory = data_dir(router_settings, app_id)
+    session_timeout_s = settings.kafka.session_timeout_ms / 1000
+    app = RouterApp(
+        app_id,
+        broker=broker_url(settings.kafka),
+        store="memory://",
+        key_serializer="raw",
+        value_serializer="raw",
+        datadir=str(directory),
+        # Tables without an explicit count (none today) and Faust's own topics follow the user
+        # tables, which the catalogue keeps co-partitioned.
+        topic_partitions=catalogue.users.partitions,
+        topic_replication_factor=catalogue.users.replication_factor,
+        # Faust must create its changelog topics (the broker does not auto-create topics); it
+        # never creates the catalogue's topics, which are not internal.
+        topic_allow_declare=True,
+        # No leader election topic: nothing here needs a leader.
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=max(session_timeout_s / 4, 0.5),
+        broker_commit_interval=router_settings.commit_interval_ms / 1000,
+        # Do not wait, on a rebalance or a stop, until every record being routed is finished:
+        # a record can be held for long (the broker refuses its output, PostgreSQL is down for
+        # a quiet-hours hold, the DLQ-flood guard tripped), and Faust's wait has no time
+        # limit, so the worker would miss the rebalance or never stop. Nothing is lost by not
+        # waiting: the ledger commits only finished records (services.router.ledger), and the
+        # rest is routed again by the partition's next owner (the outputs have deterministic
+        # ids; the consumers downstream are idempotent).
+        stream_wait_empty=False,
+        # Faust's own producer writes only the tables' changelogs (the agents' output goes
+        # through services.router.outputs).
+        producer_linger=router_settings.producer_linger_ms / 1000,
+        web_enabled=router_settings.web_port != 0,
+        web_port=router_settings.web_port or 6066,
+        web_bind=router_settings.web_bind,
+        web_host=router_settings.web_bind,
+        # Faust reads its settings from ROUTER_FAUST_<NAME> (e.g. ROUTER_FAUST_WEB_PORT), never
+        # from unprefixed variables another program may have set.
+        env_prefix="ROUTER_FAUST",
+    )
+    #: Finished offsets of the two routed topics; the only source of their commits.
+    app.ledger = Ledger(
+        (catalogue.events.name, catalogue.recipients.name),
+        repair_after=router_settings.repair_after_ms / 1000,
+    )
 
+    def topic(spec: TopicSpec) -> faust.TopicT:
+        # allow_empty: tombstones (null values) reach the agents, which treat them explicitly.
+        return app.topic(spec.name, key_type=bytes, value_type=bytes, allow_empty=True)
 
-def changelog_topics() -> list[TopicDeclaration]:
-    """The tables' changelog topics, declared as Faust declares them (compacted, one partition
-    per partition of the table).
-
-    Faust creates missing ones itself, but the group leader may compute the assignment before
-    its metadata shows a topic it has just created, and then leaves the topic out: a table
-    never recovers, and a global table's assignment fails and the worker hangs. So the router
-    creates them first (herald.topics.create_declared_topics waits until they are served).
-    """
-    tables: list[tuple[Any, TopicSpec]] = [
-        (event_types, catalogue.event_types),
-        (users, catalogue.users),
-        (preferences, catalogue.preferences),
-        (known_devices, catalogue.recipients),
-    ]
-    return [
-        TopicDeclaration(
-            table.changelog_topic.get_topic_name(),
-            spec.partitions,
-            spec.replication_factor,
-            {"cleanup.policy": "compact", **_changelog_configs(spec)},
+    def table(name: str, spec: TopicSpec, help: str, **kwargs: Any) -> Any:
+        return app.Table(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=spec.partitions,
+            extra_topic_configs=_changelog_configs(kwargs.pop("configs", spec)),
+            help=help,
+            **kwargs,
         )
-        for table, spec in tables
-    ]
+
+    return Router(
+        settings=settings,
+        router_settings=router_settings,
+        catalogue=catalogue,
+        app=app,
+        data_dir=directory,
+        events_topic=topic(catalogue.events),
+        event_types_topic=topic(catalogue.event_types),
+        users_topic=topic(catalogue.users),
+        preferences_topic=topic(catalogue.preferences),
+        recipients_topic=topic(catalogue.recipients),
+        event_types=app.GlobalTable(
+            "event_types",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=catalogue.event_types.partitions,
+            recovery_buffer_size=1,
+            extra_topic_configs=_changelog_configs(catalogue.event_types),
+            help="herald.EventType records (Avro bytes) by event type code.",
+        ),
+        users=table("users", catalogue.users, "herald.User records (Avro bytes) by user id."),
+        preferences=table(
+            "preferences",
+            catalogue.preferences,
+            "herald.Preferences records (Avro bytes) by user id.",
+        ),
+        # Written by stage 2, so its changelog partitions are the recipients topic's, which the
+        # catalogue keeps equal to the users topic's.
+        known_devices=table(
+            "known_devices",
+            catalogue.recipients,
+            "Each user's known devices (JSON, see services.router.devices) by user id.",
+            configs=catalogue.users,
+        ),
+    )
