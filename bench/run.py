@@ -414,7 +414,7 @@ def main() -> None:
                 "in_flight": args.sender_concurrency,
                 **{f"{channel}_deliveries_per_s": round(r, 1) for channel, r in rates.items()},
             }
-        first = next(v for k, v in result.items() if isinstance(v, dict) and "events" in v)
+        first = next(v for v in result.values() if isinstance(v, dict) and "events_per_s" in v)
         kafka = settings.kafka.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:8]}."})
         catalogue = CATALOGUE.with_prefix(kafka.topic_prefix)
         create_topics(kafka, catalogue, prefix="")
@@ -445,7 +445,7 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
     """The printed summary of ``latest.json``."""
     rows: list[tuple[str, str]] = []
     for name, run in result.items():
-        if not (isinstance(run, dict) and "events" in run):
+        if not (isinstance(run, dict) and "events_per_s" in run):
             continue
         rows.append((f"{name}: events", f"{run['events']:,} (fan-out {run['fanout']}, "
                      f"channels {','.join(run['channels'])})"))  # fmt: skip
