@@ -18,8 +18,8 @@ A record the stream skipped would hold its partition's commit back for ever; so 
 reports *gaps*: an offset at the commit point that is neither finished nor being routed while a
 later one of the same partition is, for longer than ``repair_after`` seconds, on a partition
 whose stream is flowing. The router reads a gap's records straight from the broker and routes
-them (services.router.repair, run by services.router.agents); offsets with no record (a transaction marker, a deleted segment)
-are finished as holes.
+them (services.router.repair, run by services.router.agents); offsets with no record (a
+transaction marker, a deleted segment) are finished as holes.
 
 Pure bookkeeping: no I/O, no clock of its own (callers pass ``now``), so it is unit-tested alone.
 """
