@@ -43,17 +43,21 @@ def kafka_settings(local_stack: Settings) -> KafkaSettings:
 
 
 @pytest.fixture
-def topics(kafka_settings: KafkaSettings) -> Iterator[Catalogue]:
-    """Every catalogue topic created under this test's prefix; afterwards every topic with
-    that prefix is deleted (the router's Faust changelog topics too)."""
-    catalogue = CATALOGUE.with_prefix(kafka_settings.topic_prefix)
+def prefix(kafka_settings: KafkaSettings) -> Iterator[str]:
+    """This test's topic prefix (unique to it); afterwards every topic with that prefix is
+    deleted (the router's Faust changelog topics too)."""
+    yield kafka_settings.topic_prefix
+    existing = admin_client(kafka_settings).list_topics(timeout=10).topics
+    prefix = kafka_settings.topic_prefix
+    delete_topics(kafka_settings, [name for name in existing if name.startswith(prefix)])
+
+
+@pytest.fixture
+def topics(kafka_settings: KafkaSettings, prefix: str) -> Catalogue:
+    """Every catalogue topic created under this test's prefix (deleted afterwards)."""
+    catalogue = CATALOGUE.with_prefix(prefix)
     create_topics(kafka_settings, catalogue, prefix="")
-    try:
-        yield catalogue
-    finally:
-        existing = admin_client(kafka_settings).list_topics(timeout=10).topics
-        prefix = kafka_settings.topic_prefix
-        delete_topics(kafka_settings, [name for name in existing if name.startswith(prefix)])
+    return catalogue
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +16,7 @@ from herald.metrics import Health
 from herald.producer import AckedProducer
 from herald.settings import KafkaSettings
 from herald.streaming import Outgoing, producer_config
-from herald.topics import admin_client, create_declared_topics, delete_topics
+from herald.topics import create_declared_topics
 from schemas import TopicDeclaration
 from services.router.ledger import Ledger
 from services.router.outputs import Outputs
@@ -53,14 +51,6 @@ class Input:
 
     def committable(self) -> list[int | None]:
         return [self.ledger.committable(("input", p)) for p in range(3)]
-
-
-@pytest.fixture
-def prefix(kafka_settings: KafkaSettings) -> Iterator[str]:
-    prefix = f"t{uuid.uuid4().hex[:10]}."
-    yield prefix
-    names = admin_client(kafka_settings).list_topics(timeout=10).topics
-    delete_topics(kafka_settings, [name for name in names if name.startswith(prefix)])
 
 
 def make_outputs(
