@@ -130,7 +130,14 @@ async def repair(
     Returns how many records were routed."""
     routed_count = 0
     for gap in ledger.gaps(now):
-        found = await asyncio.to_thread(reader.read, gap.tp, gap.start, gap.end)
+        try:
+            found = await asyncio.to_thread(reader.read, gap.tp, gap.start, gap.end)
+        except Exception:  # the broker away, say: the gap is reported again later
+            log.exception(
+                "could not read a gap from the broker; trying again later",
+                extra={"topic": gap.tp.topic, "partition": gap.tp.partition},
+            )
+            found = GapRecords()
         log.warning(
             "the stream skipped records; routing them from the broker",
             extra={

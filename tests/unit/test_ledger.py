@@ -142,3 +142,45 @@ def test_a_record_delivered_twice_stays_routing_until_both_finish() -> None:
     ledger.gaps(now=0.0)
     assert ledger.gaps(now=5.0) == []
     assert ledger.describe(TP)["routing"] == 2
+
+
+def test_a_gap_whose_read_fails_is_reported_again_not_left_routing() -> None:
+    """A broker that does not answer the gap's read (an exception out of the reader) must not
+    leave the gap's offsets counted as being routed, which would hold the commit for ever."""
+    import asyncio
+    from typing import Any, cast
+
+    from faust.types import TP as FaustTP
+
+    from services.router.repair import GapReader, GapRecords, repair
+
+    tp = FaustTP(*TP)  # the repair logs the topic and partition by name
+
+    class Reader:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def read(self, tp: Any, start: int, end: int) -> GapRecords:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("broker away")
+            return GapRecords(holes=list(range(start, end)), complete=True)
+
+    ledger = Ledger({tp.topic}, repair_after=2.0)
+    ledger.assigned({tp: 100})
+    ledger.received(tp, 102)
+    reader = Reader()
+
+    async def route(message: Any) -> None:
+        raise AssertionError("the gap holds no record here")
+
+    async def run(now: float) -> int:
+        return await repair(ledger, cast(GapReader, reader), route, now)
+
+    assert asyncio.run(run(0.0)) == 0  # first seen
+    assert asyncio.run(run(2.0)) == 0 and reader.calls == 1  # reported; the read failed
+    assert ledger.describe(tp)["routing"] == 1  # only 102, from the stream
+    assert asyncio.run(run(2.5)) == 0  # seen again
+    assert asyncio.run(run(4.5)) == 0 and reader.calls == 2  # read: 100 and 101 are holes
+    ledger.finished(tp, 102)
+    assert ledger.committable(tp) == 103
