@@ -102,17 +102,19 @@ def test_skipped_records_are_routed_from_the_broker_and_holes_finished(
         for offset in (0, 1, 2, 3, 4, 8):
             await route(stream_message(offset))
         await serve_until(lambda: ledger.committable(tp) == 5)
-        assert await repair(ledger, reader, route, time.monotonic()) == 0  # not waited yet
-        await asyncio.sleep(0.3)
-        routed.append(await repair(ledger, reader, route, time.monotonic()))
+        # The ledger's clock is passed in: a gap is repaired once repair_after (0.2 s) has
+        # passed since it was first seen.
+        now = time.monotonic()
+        assert await repair(ledger, reader, route, now) == 0  # first seen, not waited yet
+        routed.append(await repair(ledger, reader, route, now + 0.3))
         await serve_until(lambda: ledger.committable(tp) == 9)
         # 9-11, then 13: 12 holds no record (the commit marker); 13-15 follow.
         for offset in (9, 10, 11, 13, 14, 15):
             await route(stream_message(offset))
         await serve_until(lambda: ledger.committable(tp) == 12)
-        assert await repair(ledger, reader, route, time.monotonic()) == 0  # seen, not waited
-        await asyncio.sleep(0.3)
-        routed.append(await repair(ledger, reader, route, time.monotonic()))
+        now = time.monotonic()
+        assert await repair(ledger, reader, route, now) == 0  # seen, not waited
+        routed.append(await repair(ledger, reader, route, now + 0.3))
         await serve_until(lambda: ledger.committable(tp) == 16)
         assert ledger.gaps(time.monotonic() + 10) == []
         return routed
