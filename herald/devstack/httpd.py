@@ -165,14 +165,24 @@ class HasLatency(Protocol):
     latency_ms: float
 
 
-def latency_routes(server: HttpServer, match: Callable[[str], bool], holder: HasLatency) -> None:
-    """``GET`` and ``POST`` (``{"ms": N}``) of ``holder``'s answer latency on ``match``."""
+def control_routes(
+    server: HttpServer,
+    latency: Callable[[str], bool],
+    health: Callable[[str], bool],
+    holder: HasLatency,
+) -> None:
+    """A stand-in's own routes: ``GET`` and ``POST`` (``{"ms": N}``) of ``holder``'s answer
+    latency on ``latency``, and ``GET`` ``{"status": "ok"}`` on ``health``."""
 
-    @server.route("GET", match)
+    @server.route("GET", health)
+    async def healthz(request: Request) -> Response:
+        return Response(200, {"status": "ok"})
+
+    @server.route("GET", latency)
     async def get_latency(request: Request) -> Response:
         return Response(200, {"ms": holder.latency_ms})
 
-    @server.route("POST", match)
+    @server.route("POST", latency)
     async def set_latency(request: Request) -> Response:
         try:
             holder.latency_ms = max(0.0, float(request.json().get("ms")))

@@ -36,8 +36,8 @@ from herald.devstack.httpd import (
     HttpServer,
     Request,
     Response,
+    control_routes,
     latency_from_env,
-    latency_routes,
     run_until_signalled,
 )
 
@@ -203,11 +203,7 @@ def create_server(provider: Provider) -> HttpServer:
         provider.clear()
         return Response(200, {"status": "cleared"})
 
-    latency_routes(server, at("/control/latency"), provider)
-
-    @server.route("GET", at("/healthz"))
-    async def healthz(request: Request) -> Response:
-        return Response(200, {"status": "ok"})
+    control_routes(server, at("/control/latency"), at("/healthz"), provider)
 
     return server
 

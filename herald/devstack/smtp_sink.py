@@ -38,8 +38,8 @@ from herald.devstack.httpd import (
     HttpServer,
     Request,
     Response,
+    control_routes,
     latency_from_env,
-    latency_routes,
     run_until_signalled,
 )
 
@@ -208,11 +208,7 @@ def create_api(sink: Sink) -> HttpServer:
         sink.faults.clear()
         return Response(200, {"status": "cleared"})
 
-    latency_routes(api, under("/latency"), sink)
-
-    @api.route("GET", under("/healthz"))
-    async def healthz(request: Request) -> Response:
-        return Response(200, {"status": "ok"})
+    control_routes(api, under("/latency"), under("/healthz"), sink)
 
     return api
 
