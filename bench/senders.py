@@ -24,8 +24,9 @@ from typing import Any, cast
 import psycopg
 from confluent_kafka import Message
 
-from bench.standins import free_port, standin
+from bench.standins import standin
 from herald.db import make_engine, migrate
+from herald.devstack.process import free_port
 from herald.sender import PostgresJournal, SenderHandler, SenderRoutes, SendFunction, SendPool
 from herald.serde import encode
 from herald.settings import Settings, SmsSettings, get_settings

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from herald.devstack.process import free_port
+
 ACCOUNT = "ACbench0000000000000000000000000000"
 CONCURRENCY = 32
 # The keys :func:`ceilings` returns (bench/results/latest.json) and their rows in the table.
@@ -32,12 +34,6 @@ STANDIN_LABELS = {
     "standin_smtp_max_per_s": f"SMTP sink ceiling, messages/s ({CONCURRENCY} sessions, 0 ms)",
     "standin_smtp_one_connection_per_s": "SMTP sink, messages/s on one session (0 ms)",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -16,6 +16,13 @@ class StackError(RuntimeError):
     """A local-stack problem with a message meant for a person, not a traceback."""
 
 
+def free_port() -> int:
+    """A TCP port free on loopback right now (for a private stand-in, a test's service)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from herald import PROJECT_ROOT
 from herald.devstack.components import Component, Kafka, Postgres, Sms, Smtp, components
-from herald.devstack.process import StackError, read_pid
+from herald.devstack.process import StackError, free_port, read_pid
 from herald.settings import (
     DatabaseSettings,
     KafkaSettings,
@@ -49,9 +49,7 @@ def free_ports(count: int, *, pairs: int = 0) -> list[int]:
     (the SMTP sink serves its HTTP API on the port after SMTP)."""
     chosen: list[int] = []
     while len(chosen) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
+        port = free_port()
         needs_pair = len(chosen) < pairs
         taken = set(chosen) | {p + 1 for p in chosen[:pairs]}
         if port in taken or (needs_pair and (port + 1 in taken or not _port_free(port + 1))):

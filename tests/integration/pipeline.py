@@ -4,9 +4,8 @@ bound to the test's own topics and schema."""
 
 from __future__ import annotations
 
-import socket
-
 from herald.demo import System
+from herald.devstack.process import free_port
 from tests.integration.delivery_util import wait_for
 
 __all__ = ["PIPELINE_SERVICES", "Pipeline", "free_port", "wait_for"]
@@ -22,10 +21,3 @@ PIPELINE_SERVICES = (
 )
 
 Pipeline = System
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -17,7 +17,7 @@ import pytest
 from herald import PROJECT_ROOT
 from herald.devstack import stack
 from herald.devstack.components import Kafka, Sms, kafka_version
-from herald.devstack.process import StackError, port_answers, read_pid
+from herald.devstack.process import StackError, free_port, port_answers, read_pid
 from herald.settings import (
     DatabaseSettings,
     KafkaSettings,
@@ -28,12 +28,6 @@ from herald.settings import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import re
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from herald import identity
 from herald.db import search_path_options
+from herald.devstack.process import free_port
 from herald.serde import encode
 from herald.settings import DatabaseSettings, KafkaSettings
 from herald.streaming import H_ERROR_CLASS, H_ORIGINAL_TOPIC, headers_dict, producer_config
@@ -235,12 +235,6 @@ def metric(text: str, name: str, labels: str) -> float:
     found = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
     assert found, f"{name}{{{labels}}} not exposed"
     return float(found.group(1))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- tests -----------------------------------------------------------------------------------

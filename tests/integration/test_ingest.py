@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +24,7 @@ from psycopg.rows import dict_row
 
 from herald.auth import LOCAL_ADMIN_API_KEY
 from herald.db import search_path_options
+from herald.devstack.process import free_port
 from herald.serde import decode
 from herald.settings import DatabaseSettings, KafkaSettings, Settings
 from herald.streaming import Outgoing
@@ -541,13 +541,6 @@ def test_kafka_failure_is_503_and_the_database_write_stays(
 
 
 # --- the service process ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_service_process_serves_and_stops_cleanly_on_sigterm(

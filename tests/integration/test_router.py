@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import uuid
 from collections import Counter
@@ -20,6 +19,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
+from herald.devstack.process import free_port
 from herald.identity import delivery_id, notification_id
 from herald.serde import decode, encode
 from herald.settings import KafkaSettings
@@ -84,12 +84,6 @@ def at_least(count: int, fetch: Callable[[], list[T]]) -> Callable[[], list[T] |
         return items if len(items) >= count else None
 
     return check
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def event_type(code: str, **fields: Any) -> dict[str, Any]:

@@ -5,7 +5,6 @@ deliveries, never speed; the throughput is printed."""
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -15,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
+from herald.devstack.process import free_port
 from herald.settings import DatabaseSettings, KafkaSettings, Settings
+from herald.supervisor import answers
 from schemas import Catalogue
 from services.sms_sender.client import messages_path
 from tests.integration.delivery_util import delivery_request, publish, wait_for
@@ -26,12 +27,6 @@ pytestmark = pytest.mark.integration
 LATENCY_MS = 100
 COUNT = 600
 CONCURRENCY = 32
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def most_within(times: Sequence[float], window: float) -> int:
@@ -75,13 +70,7 @@ def test_the_sms_sender_keeps_many_requests_in_flight(
         "--latency-ms", str(LATENCY_MS), name="sms-standin",
     )  # fmt: skip
 
-    def up() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 30, "the private SMS stand-in")
+    wait_for(lambda: answers(f"{base}/healthz"), 30, "the private SMS stand-in")
     requests = [
         delivery_request("sms", "+4916" + f"{i:09d}", body_text=f"code {i}") for i in range(COUNT)
     ]
@@ -135,13 +124,7 @@ def test_the_email_sender_sends_on_several_smtp_connections_at_once(
         "--store", str(tmp_path / "sink"), "--latency-ms", str(LATENCY_MS), name="smtp-sink",
     )  # fmt: skip
 
-    def up() -> bool:
-        try:
-            return httpx.get(f"{api}/latency", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 30, "the private SMTP sink")
+    wait_for(lambda: answers(f"{api}/latency"), 30, "the private SMTP sink")
     run = uuid.uuid4().hex[:8]
     requests = [
         delivery_request("email", f"c{i}-{run}@example.test", subject=f"Hi {i}", body_text="x")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
-import socket
 import time
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from herald.devstack.process import free_port
 from herald.devstack.sms_standin import Provider, create_server
 from herald.devstack.smtp_sink import LOG_NAME, FastSMTP, Handler, Sink, create_api
 
@@ -22,12 +22,6 @@ ACCOUNT = "ACtest"
 MESSAGES = f"/2010-04-01/Accounts/{ACCOUNT}/Messages.json"
 LATENCY_MS = 200
 CONCURRENT = 10
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
