@@ -2,10 +2,21 @@
 
 Two kinds of credentials, both checked in constant time:
 
-- **Admin API keys** (``HERALD_ADMIN_API_KEYS``, comma-separated so keys can be rotated: add
-  the new one, move clients over, drop the old one). Sent as ``X-API-Key: <key>`` or
-  ``Authorization: Bearer <key>``. An admin key may do everything, including reading any
-  user's inbox (a back office, the product's backend).
+- **API keys** (``HERALD_ADMIN_API_KEYS``, comma-separated so keys can be rotated: add the
+  new one, move clients over, drop the old one), each with its **scopes**: ``key=scope scope``
+  (space-separated), or a bare ``key`` for every scope. Sent as ``X-API-Key: <key>`` or
+  ``Authorization: Bearer <key>``. The scopes (:data:`SCOPES`):
+
+  ``events:write``  publish events (``POST /v1/events``): what a product backend needs;
+  ``admin``         event types, users and preferences (the ingest API's admin routes), and
+                    the details of ``/readyz``;
+  ``inbox:read``    read any user's inbox, notifications, delivery status and stream;
+  ``inbox:write``   change any user's read and archive state;
+  ``tokens:mint``   mint user tokens (``POST /v1/users/{user_id}/token``).
+
+  A key without the scope a route needs is ``403`` (``insufficient-scope``). Keys must not
+  contain ``=``, ``,`` or white space: ``python -c "import secrets;
+  print(secrets.token_urlsafe(32))"`` makes a good one.
 - **User tokens**: ``hex(HMAC-SHA256(HERALD_USER_TOKEN_SECRET, user_id))``, the "subscriber
   hash" of Novu and Knock. The product's backend, which knows the secret (or asks the read
   API's admin endpoint), hands each signed-in user their token; the front end sends it as
@@ -20,18 +31,27 @@ Mint a token from a shell (the secret comes from ``HERALD_USER_TOKEN_SECRET``)::
 or in Python: ``herald.auth.user_token("user-42", secret)``.
 
 Local defaults (:data:`LOCAL_ADMIN_API_KEY`, :data:`LOCAL_USER_TOKEN_SECRET`) make the local
-stack work out of the box; a process using them logs a warning, and a deployment must set its
-own.
+stack work out of the box. They are well known (the README prints them), so an API refuses to
+start with either unless it listens only on loopback or ``HERALD_ENV=local`` says the machine
+is a developer's (:func:`check_exposure`); ``HERALD_ENV=production`` refuses them everywhere.
+
+Failed authentication (a missing or unknown key, a forged token) is limited per client
+address (``HERALD_AUTH_FAILURE_BURST`` at once, ``HERALD_AUTH_FAILURES_PER_MIN`` after that):
+past it, every request from that address that carries credentials is ``429`` with
+``Retry-After`` before they are even checked, so guessing keys or tokens stays slow.
 
 Refusals never depend on stored data: the decision is made from the credential and the path
 alone, before any database read, so the answer for another user's id is the same whether that
 user exists or not. Missing or unknown credentials are ``401``; a user token presented for
-another user's path is ``403`` (a forged token looks exactly the same).
+another user's path is ``403`` (a forged token looks exactly the same); a key without the
+route's scope is ``403`` too.
 
-FastAPI wiring: :func:`install_auth` puts an :class:`Authenticator` on the app; routers take
-one dependency each: ``dependencies=[Depends(require_admin)]`` for admin routers,
-``[Depends(require_user)]`` for routers under ``/users/{user_id}``, and
-``[Depends(require_user_stream)]`` where ``?token=`` is accepted too. Every authenticated
+FastAPI wiring: :func:`install_auth` puts an :class:`Authenticator` on the app; routes take
+one dependency each, with the scope a key needs (shown in the OpenAPI document's security
+requirements): ``Security(require_key, scopes=["admin"])`` for key-only routes,
+``Security(require_user, scopes=["inbox:read"])`` for routes under ``/users/{user_id}``
+(the user's token, or a key with that scope), and ``require_user_stream`` where ``?token=``
+is accepted too. Every authenticated
 request is charged to its caller's rate-limit bucket (:class:`herald.limits.RateLimiter`);
 an empty bucket is ``429`` with ``Retry-After``.
 """
@@ -41,12 +61,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import ipaddress
 import logging
 import re
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Annotated, Final, Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, Literal, get_args
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import (
@@ -54,12 +75,14 @@ from fastapi.security import (
     APIKeyQuery,
     HTTPAuthorizationCredentials,
     HTTPBearer,
+    SecurityScopes,
 )
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from herald.identity import MAX_ID_LENGTH
 from herald.limits import RateLimiter, retry_after
+from herald.metrics import AUTH_FAILURES, AUTH_FAILURES_REFUSED
 from herald.webapi import Problem
 
 log = logging.getLogger(__name__)
@@ -81,30 +104,82 @@ TOKEN_QUERY: Final = "token"
 #: The path parameter naming the user whose data a route serves.
 USER_PATH_PARAM: Final = "user_id"
 
+#: What an API key may be allowed to do (see the module's documentation).
+Scope = Literal["events:write", "admin", "inbox:read", "inbox:write", "tokens:mint"]
+SCOPES: Final[tuple[str, ...]] = get_args(Scope)
+#: How to make a secret, for error messages.
+GENERATE_HINT: Final = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+#: Host names that mean this machine only.
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One configured API key and what it may do."""
+
+    secret: str = field(repr=False)
+    scopes: frozenset[str]
+
+    @property
+    def fingerprint(self) -> str:
+        return key_fingerprint(self.secret)
+
+
+def parse_api_keys(value: str) -> tuple[ApiKey, ...]:
+    """``HERALD_ADMIN_API_KEYS``: comma-separated entries, each ``key=scope scope`` or a bare
+    ``key`` (every scope). ``ValueError`` naming the entry by position (never the key) for a
+    short key, an unknown scope, or ``=`` without scopes."""
+    keys: list[ApiKey] = []
+    for n, entry in enumerate(split_keys(value), 1):
+        secret, has_scopes, scope_text = entry.partition("=")
+        secret = secret.strip()
+        where = f"HERALD_ADMIN_API_KEYS: key #{n}"
+        if len(secret) < MIN_SECRET_LENGTH:
+            # Never echo the key itself.
+            raise ValueError(
+                f"{where} is shorter than {MIN_SECRET_LENGTH} characters (make one with "
+                f"{GENERATE_HINT})"
+            )
+        scopes = scope_text.split() if has_scopes else list(SCOPES)
+        if not scopes:
+            raise ValueError(f"{where} has '=' but no scopes; scopes are {', '.join(SCOPES)}")
+        unknown = [scope for scope in scopes if scope not in SCOPES]
+        if unknown:
+            raise ValueError(
+                f"{where} names unknown scope {unknown[0]!r}; scopes are {', '.join(SCOPES)} "
+                "(a key itself must not contain '=', ',' or white space)"
+            )
+        keys.append(ApiKey(secret, frozenset(scopes)))
+    return tuple(keys)
+
 
 class AuthSettings(BaseSettings):
-    """Credentials the APIs accept (environment prefix ``HERALD_``, shared by every API)."""
+    """Credentials the APIs accept and how failed attempts are limited (environment prefix
+    ``HERALD_``, shared by every API)."""
 
     # hide_input_in_errors: a refused value must not reach the start-up error (and the logs).
     model_config = SettingsConfigDict(
         env_prefix="HERALD_", extra="ignore", hide_input_in_errors=True
     )
 
-    #: Comma-separated admin API keys; each at least 16 characters. Empty: no admin access.
+    #: Comma-separated API keys, each ``key=scope scope`` or a bare ``key`` (every scope);
+    #: each key at least 16 characters. Empty: no key access.
     admin_api_keys: SecretStr = SecretStr(LOCAL_ADMIN_API_KEY)
     #: The server secret user tokens are HMACs with; at least 16 characters.
     user_token_secret: SecretStr = SecretStr(LOCAL_USER_TOKEN_SECRET)
+    #: ``local``: a developer's machine (the well-known local credentials are allowed on any
+    #: interface); ``production``: never allowed; unset: allowed on loopback only.
+    env: Literal["local", "production"] | None = None
+    #: Failed authentications allowed per client address at once, then at the rate below.
+    auth_failure_burst: int = Field(default=20, ge=1, le=100_000)
+    #: Failed authentications per minute per client address after the burst (0: no limit).
+    auth_failures_per_min: float = Field(default=10.0, ge=0)
 
     @field_validator("admin_api_keys")
     @classmethod
-    def _keys_long_enough(cls, value: SecretStr) -> SecretStr:
-        for n, key in enumerate(split_keys(value.get_secret_value()), 1):
-            if len(key) < MIN_SECRET_LENGTH:
-                # Never echo the key itself.
-                raise ValueError(
-                    f"HERALD_ADMIN_API_KEYS: key #{n} is shorter than {MIN_SECRET_LENGTH} "
-                    "characters"
-                )
+    def _keys_valid(cls, value: SecretStr) -> SecretStr:
+        parse_api_keys(value.get_secret_value())
         return value
 
     @field_validator("user_token_secret")
@@ -112,22 +187,74 @@ class AuthSettings(BaseSettings):
     def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
         if len(value.get_secret_value()) < MIN_SECRET_LENGTH:
             raise ValueError(
-                f"HERALD_USER_TOKEN_SECRET must have at least {MIN_SECRET_LENGTH} characters"
+                f"HERALD_USER_TOKEN_SECRET must have at least {MIN_SECRET_LENGTH} characters "
+                f"(make one with {GENERATE_HINT})"
             )
         return value
 
     @property
+    def api_keys(self) -> tuple[ApiKey, ...]:
+        """The API keys with their scopes, in the order given."""
+        return parse_api_keys(self.admin_api_keys.get_secret_value())
+
+    @property
     def admin_keys(self) -> tuple[str, ...]:
-        """The admin API keys, in the order given."""
-        return split_keys(self.admin_api_keys.get_secret_value())
+        """The API keys themselves, in the order given."""
+        return tuple(key.secret for key in self.api_keys)
+
+    @property
+    def local_defaults_in_use(self) -> list[str]:
+        """The variables still holding the local stack's well-known values."""
+        names = []
+        if LOCAL_ADMIN_API_KEY in self.admin_keys:
+            names.append("HERALD_ADMIN_API_KEYS")
+        if self.user_token_secret.get_secret_value() == LOCAL_USER_TOKEN_SECRET:
+            names.append("HERALD_USER_TOKEN_SECRET")
+        return names
 
     @property
     def uses_local_defaults(self) -> bool:
         """Whether the local stack's well-known key or secret is in use."""
-        return (
-            LOCAL_ADMIN_API_KEY in self.admin_keys
-            or self.user_token_secret.get_secret_value() == LOCAL_USER_TOKEN_SECRET
-        )
+        return bool(self.local_defaults_in_use)
+
+    def failure_limiter(self) -> RateLimiter:
+        """The per-address limiter of failed authentications these settings describe."""
+        return RateLimiter(self.auth_failures_per_min / 60, self.auth_failure_burst)
+
+
+class InsecureDefaults(Exception):
+    """An API was about to serve other machines with the local stack's well-known secrets."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` reaches this machine only (``127.0.0.1``, ``::1``,
+    ``localhost``); ``0.0.0.0``, ``::`` and every other address do not."""
+    if host.strip().lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: AuthSettings, host: str, service: str) -> None:
+    """Refuse (:class:`InsecureDefaults`, whose message says what to set and how) to serve
+    ``host`` with a well-known local credential, unless ``host`` is loopback and
+    ``HERALD_ENV`` is not ``production``, or ``HERALD_ENV=local``. Call before listening."""
+    defaults = settings.local_defaults_in_use
+    if not defaults or settings.env == "local":
+        return
+    if settings.env != "production" and is_loopback(host):
+        return
+    where = "HERALD_ENV=production" if settings.env == "production" else f"it listens on {host}"
+    raise InsecureDefaults(
+        f"{service} refuses to start: {' and '.join(defaults)} "
+        f"{'hold' if len(defaults) > 1 else 'holds'} the local stack's well-known default "
+        f"(printed in the README) and {where}, so anyone could use it. Set "
+        f"{' and '.join(defaults)} to a secret of your own (make one with {GENERATE_HINT}; "
+        "keys may carry scopes: key=events:write), or listen on 127.0.0.1, or set "
+        "HERALD_ENV=local on a developer's machine nobody else can reach."
+    )
 
 
 def check_user_id(user_id: str) -> str:
@@ -186,15 +313,22 @@ def key_fingerprint(key: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request was authenticated as: an admin key (by fingerprint) or a user."""
+    """Who a request was authenticated as: an API key (by fingerprint, with its scopes) or a
+    user (by their token)."""
 
-    kind: Literal["admin", "user"]
-    #: The key's fingerprint for admins, the user id for users.
+    kind: Literal["key", "user"]
+    #: The key's fingerprint for keys, the user id for users.
     subject: str
+    #: What a key may do (a user token opens its own user's data, and has no scopes).
+    scopes: frozenset[str] = frozenset()
 
     @property
-    def is_admin(self) -> bool:
-        return self.kind == "admin"
+    def is_key(self) -> bool:
+        return self.kind == "key"
+
+    def may(self, scope: str) -> bool:
+        """Whether this is a key holding ``scope``."""
+        return self.is_key and scope in self.scopes
 
     @property
     def rate_key(self) -> str:
@@ -202,8 +336,14 @@ class Principal:
         return f"{self.kind}:{self.subject}"
 
 
-def _unauthenticated(detail: str) -> Problem:
-    return Problem(
+class BadCredential(Problem):
+    """A credential was presented and is wrong: an unknown key or a forged token. Counted
+    against the client address's failure budget."""
+
+
+def _unauthenticated(detail: str, *, presented: bool = False) -> Problem:
+    kind = BadCredential if presented else Problem
+    return kind(
         401,
         "Unauthorized",
         detail,
@@ -215,7 +355,7 @@ def _unauthenticated(detail: str) -> Problem:
 def _forbidden() -> Problem:
     # One answer for a forged token, another user's token and a token for a user who does
     # not exist: nothing here depends on stored data.
-    return Problem(
+    return BadCredential(
         403,
         "Forbidden",
         "the user token does not open this user's data",
@@ -223,37 +363,67 @@ def _forbidden() -> Problem:
     )
 
 
-class Authenticator:
-    """Checks credentials against the settings and charges callers' rate-limit buckets."""
+def _insufficient_scope(missing: Sequence[str]) -> Problem:
+    return Problem(
+        403,
+        "Forbidden",
+        f"this API key lacks the scope {' and '.join(missing)} this endpoint needs; use a key "
+        "configured with it (HERALD_ADMIN_API_KEYS: key=scope scope)",
+        kind="insufficient-scope",
+        required_scopes=list(missing),
+    )
 
-    def __init__(self, settings: AuthSettings, limiter: RateLimiter | None = None) -> None:
+
+class Authenticator:
+    """Checks credentials against the settings, limits failed attempts per client address,
+    and charges callers' rate-limit buckets."""
+
+    def __init__(
+        self,
+        settings: AuthSettings,
+        limiter: RateLimiter | None = None,
+        failures: RateLimiter | None = None,
+    ) -> None:
         self.settings = settings
-        self._keys = settings.admin_keys
+        self._keys = {key.secret: key for key in settings.api_keys}
         self._secret = settings.user_token_secret.get_secret_value()
         self.limiter = limiter
+        self.failures = failures if failures is not None else settings.failure_limiter()
 
-    def admin(self, api_key: str | None) -> Principal:
-        """The admin principal of ``api_key``; ``401`` if it is missing or unknown."""
+    def key(self, api_key: str | None, scopes: Sequence[str] = ()) -> Principal:
+        """The principal of ``api_key`` if it holds every one of ``scopes``: ``401`` if it is
+        missing or unknown, ``403`` if it lacks a scope."""
         if not api_key:
             raise _unauthenticated(
-                f"this endpoint needs an admin API key: send {API_KEY_HEADER}: <key> "
+                f"this endpoint needs an API key: send {API_KEY_HEADER}: <key> "
                 "or Authorization: Bearer <key>"
             )
-        key = matching_admin_key(api_key, self._keys)
-        if key is None:
-            raise _unauthenticated("the API key is not valid")
-        return Principal("admin", key_fingerprint(key))
+        secret = matching_admin_key(api_key, tuple(self._keys))
+        if secret is None:
+            raise _unauthenticated("the API key is not valid", presented=True)
+        key = self._keys[secret]
+        missing = [scope for scope in scopes if scope not in key.scopes]
+        if missing:
+            raise _insufficient_scope(missing)
+        return Principal("key", key.fingerprint, key.scopes)
 
-    def user(self, user_id: str, *, api_key: str | None, token: str | None) -> Principal:
-        """The principal allowed to act on ``user_id``'s data: an admin key, or that user's
-        token. ``401`` without credentials or with an unknown key; ``403`` for a token that
-        is not ``user_id``'s."""
+    def user(
+        self,
+        user_id: str,
+        *,
+        api_key: str | None,
+        token: str | None,
+        scopes: Sequence[str] = (),
+    ) -> Principal:
+        """The principal allowed to act on ``user_id``'s data: that user's token, or a key
+        holding ``scopes``. ``401`` without credentials or with an unknown key; ``403`` for a
+        token that is not ``user_id``'s or a key without the scopes."""
         if api_key:
-            return self.admin(api_key)
+            return self.key(api_key, scopes)
         if not token:
             raise _unauthenticated(
                 f"send the user's token as {USER_TOKEN_HEADER}: <token> "
-                f"(or an admin key as {API_KEY_HEADER})"
+                f"(or an API key as {API_KEY_HEADER})"
             )
         if not verify_user_token(user_id, token, self._secret):
             raise _forbidden()
@@ -262,6 +432,27 @@ class Authenticator:
     def token_for(self, user_id: str) -> str:
         """``user_id``'s token under this authenticator's secret."""
         return user_token(user_id, self._secret)
+
+    def authenticate(self, client: str, attempt: Callable[[], Principal]) -> Principal:
+        """Run ``attempt`` (a credential check) for a request from address ``client``: ``429``
+        without checking if the address has used up its failed attempts, and a wrong
+        credential counted against it."""
+        wait = self.failures.wait(client)
+        if wait > 0:
+            AUTH_FAILURES_REFUSED.inc()
+            raise Problem(
+                429,
+                "Too Many Requests",
+                f"too many failed authentication attempts from this address; retry in {wait:.0f} s",
+                kind="too-many-failed-attempts",
+                headers={"Retry-After": retry_after(wait)},
+            )
+        try:
+            return attempt()
+        except BadCredential:
+            AUTH_FAILURES.inc()
+            self.failures.acquire(client)
+            raise
 
     def charge(self, principal: Principal) -> None:
         """Take one request from the caller's bucket; ``429`` with ``Retry-After`` if empty."""
@@ -280,12 +471,13 @@ class Authenticator:
 
 
 def install_auth(app: FastAPI, authenticator: Authenticator) -> None:
-    """Make ``authenticator`` the one :func:`require_admin`/:func:`require_user` use."""
+    """Make ``authenticator`` the one :func:`require_key`/:func:`require_user` use."""
     app.state.authenticator = authenticator
-    if authenticator.settings.uses_local_defaults:
+    defaults = authenticator.settings.local_defaults_in_use
+    if defaults:
         log.warning(
-            "using the local stack's well-known admin API key or user-token secret; "
-            "set HERALD_ADMIN_API_KEYS and HERALD_USER_TOKEN_SECRET outside local development"
+            "using the local stack's well-known %s; set your own outside local development",
+            " and ".join(defaults),
         )
 
 
@@ -305,23 +497,39 @@ def _path_user(request: Request) -> str:
     return user_id
 
 
+def client_address(request: Request) -> str:
+    """The address a request came from (the proxy's, unless uvicorn is told to trust its
+    ``X-Forwarded-For``: ``FORWARDED_ALLOW_IPS``)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _required(security_scopes: SecurityScopes) -> list[str]:
+    if not security_scopes.scopes:
+        # Fail closed: a key route must say what a key needs.
+        raise RuntimeError("an API-key route must declare its scope: Security(..., scopes=[...])")
+    return list(security_scopes.scopes)
+
+
 # Security schemes: they document the credentials in OpenAPI (the "Authorize" button of
 # /docs) and read them; auto_error=False so that every refusal is one of ours.
 _api_key_header = APIKeyHeader(
     name=API_KEY_HEADER,
     scheme_name="AdminApiKey",
-    description="An admin API key (HERALD_ADMIN_API_KEYS).",
+    description="An API key (HERALD_ADMIN_API_KEYS) holding the scopes the operation lists: "
+    + ", ".join(SCOPES)
+    + ".",
     auto_error=False,
 )
 _bearer = HTTPBearer(
     scheme_name="AdminBearer",
-    description="An admin API key as a bearer token.",
+    description="An API key as a bearer token (the same scopes).",
     auto_error=False,
 )
 _user_token_header = APIKeyHeader(
     name=USER_TOKEN_HEADER,
     scheme_name="UserToken",
-    description="The user's token: hex(HMAC-SHA256(HERALD_USER_TOKEN_SECRET, user_id)).",
+    description="The user's token: hex(HMAC-SHA256(HERALD_USER_TOKEN_SECRET, user_id)); "
+    "opens that user's own data whatever the scopes listed.",
     auto_error=False,
 )
 _user_token_query = APIKeyQuery(
@@ -341,21 +549,36 @@ def _admin_key(api_key: str | None, bearer: HTTPAuthorizationCredentials | None)
     return api_key or (bearer.credentials if bearer is not None else None)
 
 
-async def require_admin(request: Request, api_key: _ApiKey, bearer: _Bearer) -> Principal:
-    """Dependency: an admin API key (``401`` otherwise), charged to the key's bucket."""
+async def require_key(
+    request: Request, security_scopes: SecurityScopes, api_key: _ApiKey, bearer: _Bearer
+) -> Principal:
+    """Dependency: an API key holding the route's scopes (``401``/``403`` otherwise), charged
+    to the key's bucket. Use as ``Security(require_key, scopes=["admin"])``."""
     authenticator = get_authenticator(request)
-    principal = authenticator.admin(_admin_key(api_key, bearer))
+    needed = _required(security_scopes)
+    principal = authenticator.authenticate(
+        client_address(request), lambda: authenticator.key(_admin_key(api_key, bearer), needed)
+    )
     authenticator.charge(principal)
     return principal
 
 
 async def require_user(
-    request: Request, api_key: _ApiKey, bearer: _Bearer, token: _HeaderToken
+    request: Request,
+    security_scopes: SecurityScopes,
+    api_key: _ApiKey,
+    bearer: _Bearer,
+    token: _HeaderToken,
 ) -> Principal:
-    """Dependency for routes under ``{user_id}``: that user's token or an admin key."""
+    """Dependency for routes under ``{user_id}``: that user's token, or a key holding the
+    route's scopes. Use as ``Security(require_user, scopes=["inbox:read"])``."""
     authenticator = get_authenticator(request)
-    principal = authenticator.user(
-        _path_user(request), api_key=_admin_key(api_key, bearer), token=token
+    needed = _required(security_scopes)
+    principal = authenticator.authenticate(
+        client_address(request),
+        lambda: authenticator.user(
+            _path_user(request), api_key=_admin_key(api_key, bearer), token=token, scopes=needed
+        ),
     )
     authenticator.charge(principal)
     return principal
@@ -363,6 +586,7 @@ async def require_user(
 
 async def require_user_stream(
     request: Request,
+    security_scopes: SecurityScopes,
     api_key: _ApiKey,
     bearer: _Bearer,
     token: _HeaderToken,
@@ -370,16 +594,51 @@ async def require_user_stream(
 ) -> Principal:
     """:func:`require_user`, also accepting ``?token=`` (EventSource cannot send headers)."""
     authenticator = get_authenticator(request)
-    principal = authenticator.user(
-        _path_user(request), api_key=_admin_key(api_key, bearer), token=token or query_token
+    needed = _required(security_scopes)
+    principal = authenticator.authenticate(
+        client_address(request),
+        lambda: authenticator.user(
+            _path_user(request),
+            api_key=_admin_key(api_key, bearer),
+            token=token or query_token,
+            scopes=needed,
+        ),
     )
     authenticator.charge(principal)
     return principal
 
 
-AdminCaller = Annotated[Principal, Depends(require_admin)]
-UserCaller = Annotated[Principal, Depends(require_user)]
-StreamCaller = Annotated[Principal, Depends(require_user_stream)]
+async def optional_key(request: Request, api_key: _ApiKey, bearer: _Bearer) -> Principal | None:
+    """Dependency: the API key's principal if one is sent (a wrong one is ``401`` and counts
+    as a failed attempt), None for an anonymous request."""
+    given = _admin_key(api_key, bearer)
+    if not given:
+        return None
+    authenticator = get_authenticator(request)
+    principal = authenticator.authenticate(
+        client_address(request), lambda: authenticator.key(given)
+    )
+    authenticator.charge(principal)
+    return principal
+
+
+def key_with(scope: Scope) -> Any:
+    """``Security(require_key, scopes=[scope])``: a route or router dependency."""
+    return Security(require_key, scopes=[scope])
+
+
+def user_or_key_with(scope: Scope) -> Any:
+    """``Security(require_user, scopes=[scope])``: the user's token or a key with ``scope``."""
+    return Security(require_user, scopes=[scope])
+
+
+#: The caller of a route under ``{user_id}`` reading the inbox (token, or ``inbox:read``).
+InboxReader = Annotated[Principal, Security(require_user, scopes=["inbox:read"])]
+#: The caller of a real-time stream (``?token=`` too, or a key with ``inbox:read``).
+StreamCaller = Annotated[Principal, Security(require_user_stream, scopes=["inbox:read"])]
+#: An anonymous caller or a key (``/readyz``).
+OptionalKey = Annotated[Principal | None, Depends(optional_key)]
+
 
 # ``token=...`` (and ``api_key=``/``key=``) in a logged URL: a query-string credential must
 # not end up in access logs.

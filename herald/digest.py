@@ -30,6 +30,10 @@ from schemas import CATALOGUE
 WINDOW = timedelta(days=7)
 #: How many titles a digest lists (the count covers them all).
 MAX_TITLES = 5
+#: Longest title a digest lists, cut with an ellipsis past it: a title is a rendered template
+#: (up to a million characters), and the digest's ``titles`` context value must stay within
+#: herald.bounds.CONTEXT (8,192 characters), or the router would park the digest.
+MAX_TITLE_CHARS = 1_000
 
 # Digests are notifications too (they land in the inbox); never summarise a summary.
 _UNREAD_SQL = """
@@ -82,11 +86,15 @@ def group_unread(
     return digests
 
 
+def _cut(title: str) -> str:
+    return title if len(title) <= MAX_TITLE_CHARS else f"{title[: MAX_TITLE_CHARS - 1]}…"
+
+
 def digest_event(digest: UserDigest, now: datetime) -> dict[str, Any]:
     """The ``herald.Event`` record (a ``digest.weekly`` event) for one user's digest."""
     week = iso_week(now)
     more = digest.count - len(digest.titles)
-    lines = [f"- {title}" for title in digest.titles]
+    lines = [f"- {_cut(title)}" for title in digest.titles]
     if more > 0:
         lines.append(f"... and {more} more")
     return {

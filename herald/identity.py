@@ -5,9 +5,11 @@ channel)``: a re-sent event yields the same notification and delivery ids, and P
 unique keys on them turn a duplicate into an upsert instead of a second row or a second send.
 
 Ids are bounded: :data:`MAX_ID_LENGTH` characters for every id Herald is given (user ids, event
-ids, event type codes, idempotency keys), enforced by the ingest API (422) and by the router
-for records written straight to Kafka (``record.invalid_id`` on the events DLQ), so that no id
-reaches PostgreSQL that its btree indexes cannot hold.
+ids, event type codes, idempotency keys), enforced by the ingest API (422), by the router for
+records written straight to Kafka (``record.invalid_id`` on the events DLQ), by inapp_store and
+the senders for records written straight to their topics, and by PostgreSQL's CHECK
+constraints (migration 0006), so that no id reaches PostgreSQL that its btree indexes cannot
+hold. The other strings of an event (context, metadata) are bounded in :mod:`herald.bounds`.
 """
 
 from __future__ import annotations

@@ -50,6 +50,11 @@ class TokenBucket:
     tokens: float
     updated: float
 
+    def wait(self, now: float, cost: float = 1.0) -> float:
+        """Seconds until the bucket will hold ``cost`` tokens (0: now), taking nothing."""
+        tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        return 0.0 if tokens >= cost else (cost - tokens) / self.rate
+
     def take(self, now: float, cost: float = 1.0) -> float:
         """Take ``cost`` tokens if the bucket has them and return 0; otherwise take nothing
         and return how many seconds until it will have them."""
@@ -106,6 +111,14 @@ class RateLimiter:
             else:
                 self._buckets.move_to_end(key)
             return bucket.take(now, cost)
+
+    def wait(self, key: str, cost: float = 1.0) -> float:
+        """How long until ``key`` could be charged ``cost`` (0: now), charging nothing."""
+        if not self.enabled:
+            return 0.0
+        with self._lock:
+            bucket = self._buckets.get(key)
+            return 0.0 if bucket is None else bucket.wait(self._clock(), cost)
 
     def __len__(self) -> int:
         return len(self._buckets)

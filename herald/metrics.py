@@ -42,6 +42,14 @@ DELIVERIES = Counter(
 )
 
 
+AUTH_FAILURES = Counter(
+    "herald_auth_failures_total",
+    "Requests refused for a wrong credential (unknown API key, forged user token)",
+)
+AUTH_FAILURES_REFUSED = Counter(
+    "herald_auth_failures_limited_total",
+    "Requests refused with 429 because their address used up its failed authentications",
+)
 SERVICE_DEGRADED = Gauge(
     "herald_service_degraded",
     "1 while a service cannot make progress for this reason (it keeps trying; alert on it)",

@@ -4,9 +4,14 @@ Templates come from the event-type registry, never from the event payload; conte
 data only. Jinja2's sandbox forbids attribute tricks (``{{ ''.__class__ }}``) in templates, and
 autoescaping protects the HTML part; a context value is never itself evaluated as a template.
 
-A template is compiled when its event type is saved (:func:`validate`: a syntax error, an
-unknown filter or test, or ``extends``/``include``/``import`` is refused), and every render is
-bounded, so that one event type cannot stall or exhaust the router:
+A template is compiled when its event type is saved (:func:`validate`), which refuses a syntax
+error, an unknown filter or test, ``extends``/``include``/``import``, a name starting with
+``_`` after a dot, in a subscript or in ``|attr`` (``{{ ''.__class__ }}``: the sandbox refuses
+those when rendering anyway), a source longer than :data:`MAX_SOURCE_CHARS`, a constant
+expression past a limit below (``{{ 'x' * 10**9 }}``, ``range(100000)``), and nesting deeper
+than Python can compile (20 nested blocks, the recursion limit). Every render is bounded too
+(a context value can make ``{{ 'x' * (n|int) }}`` huge), so that one event type cannot stall
+or exhaust the router:
 
 =========================  ===============================================================
 :data:`MAX_OUTPUT_CHARS`   characters one render may produce, and the longest string or list
@@ -59,6 +64,9 @@ MAX_CALLS: Final = 10_000
 MAX_RENDER_SECONDS: Final = 1.0
 #: Largest integer (in bits) ``*`` and ``**`` may make.
 MAX_INT_BITS: Final = 4096
+#: Longest template source. Gmail clips an email past 102 KB; a template longer than this
+#: makes messages nobody reads whole (the seeded ones are under 300 characters).
+MAX_SOURCE_CHARS: Final = 100_000
 
 #: Template constructs refused when an event type is saved: they need a template loader.
 _FORBIDDEN: Final = {
@@ -280,9 +288,59 @@ _PRECHECKED_FILTERS: Final = frozenset(
 )
 
 
+#: Operators whose constant operands are evaluated (and checked) when a template is compiled.
+_CONSTANT_OPERATORS: Final[dict[type[nodes.Node], tuple[str, Callable[[Any, Any], Any]]]] = {
+    nodes.Mul: ("*", lambda a, b: a * b),
+    nodes.Pow: ("**", lambda a, b: a**b),
+    nodes.Add: ("+", lambda a, b: a + b),
+    nodes.Mod: ("%", lambda a, b: a % b),
+}
+_UNKNOWN: Final = object()
+
+
+def _constant(node: nodes.Node, seen: set[int]) -> Any:
+    """The value of a constant expression (literals combined by ``*``, ``**``, ``+``, ``%``
+    and ``-``), each step checked against the limits as rendering would check it
+    (:class:`TemplateLimitError`); :data:`_UNKNOWN` for anything depending on the context.
+    Adds the operator nodes it evaluated to ``seen`` (each is evaluated once)."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, nodes.Neg):
+        value = _constant(node.node, seen)
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        return -value if is_number else _UNKNOWN
+    operator = _CONSTANT_OPERATORS.get(type(node))
+    if operator is None:
+        return _UNKNOWN
+    assert isinstance(node, nodes.BinExpr)
+    seen.add(id(node))
+    left, right = _constant(node.left, seen), _constant(node.right, seen)
+    if left is _UNKNOWN or right is _UNKNOWN:
+        return _UNKNOWN
+    symbol, apply = operator
+    _check_binop(symbol, left, right)
+    try:
+        return apply(left, right)
+    except Exception:  # the render would fail on it too (1 % 0, 10.0 ** 999): not a limit
+        return _UNKNOWN
+
+
+def _refuse_private(name: object, node: nodes.Node) -> None:
+    if isinstance(name, str) and name.startswith("_"):
+        raise TemplateForbiddenError(
+            f"{name!r}: names starting with '_' are not allowed in notification templates "
+            f"(line {node.lineno})"
+        )
+
+
 class _Guard(NodeTransformer):
     """Rewrites a parsed template: every ``for`` loop iterates through :func:`_loop`, every
-    ``~`` goes through :func:`_concat`; refuses the constructs of :data:`_FORBIDDEN`."""
+    ``~`` goes through :func:`_concat`; refuses the constructs of :data:`_FORBIDDEN`, private
+    names (``x.__class__``, ``x['_y']``, ``x|attr('_z')``) and constant expressions past a
+    limit (:func:`_constant`, ``range()`` of constant bounds)."""
+
+    def __init__(self) -> None:
+        self._evaluated: set[int] = set()  # operator nodes _constant has checked
 
     def generic_visit(self, node: nodes.Node, *args: Any, **kwargs: Any) -> Any:
         for kind, name in _FORBIDDEN.items():
@@ -290,7 +348,45 @@ class _Guard(NodeTransformer):
                 raise TemplateForbiddenError(
                     f"'{name}' is not allowed in notification templates (line {node.lineno})"
                 )
+        if type(node) in _CONSTANT_OPERATORS and id(node) not in self._evaluated:
+            _constant(node, self._evaluated)
         return super().generic_visit(node, *args, **kwargs)
+
+    # The visitors below look at a node's children first: ''.__class__.__mro__ is refused
+    # for its first private name.
+
+    def visit_Getattr(self, node: nodes.Getattr) -> nodes.Node:
+        self.generic_visit(node)
+        _refuse_private(node.attr, node)
+        return node
+
+    def visit_Getitem(self, node: nodes.Getitem) -> nodes.Node:
+        self.generic_visit(node)
+        if isinstance(node.arg, nodes.Const):
+            _refuse_private(node.arg.value, node)
+        return node
+
+    def visit_Filter(self, node: nodes.Filter) -> nodes.Node:
+        self.generic_visit(node)
+        if node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const):
+            _refuse_private(node.args[0].value, node)
+        return node
+
+    def visit_Call(self, node: nodes.Call) -> nodes.Node:
+        self.generic_visit(node)
+        # range() with constant bounds: refused now rather than at every render.
+        is_range = isinstance(node.node, nodes.Name) and node.node.name == "range"
+        if is_range and not (node.kwargs or node.dyn_args or node.dyn_kwargs):
+            bounds = [_constant(arg, self._evaluated) for arg in node.args]
+            if bounds and all(type(value) is int for value in bounds):
+                try:
+                    numbers = range(*bounds)
+                except (TypeError, ValueError):  # range(1, 2, 3, 4), range(1, 2, 0)
+                    pass
+                else:
+                    if len(numbers) > MAX_ITERATIONS:
+                        _bounded_range(*bounds)
+        return node
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
@@ -399,6 +495,11 @@ def render(source: str, context: Mapping[str, Any], *, html: bool = False) -> st
         ) from None
     except TemplateError as exc:
         raise PermanentError(f"template error: {exc}", error_class="template.error") from None
+    except SyntaxError as exc:  # a template saved around validate() (straight to Kafka)
+        raise PermanentError(
+            f"template error: nested too deeply to compile ({exc.msg})",
+            error_class="template.error",
+        ) from None
     except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
         # A runtime error of the template itself ({{ 1 / 0 }}, {{ 'a' + 1 }}).
         raise PermanentError(
@@ -409,13 +510,23 @@ def render(source: str, context: Mapping[str, Any], *, html: bool = False) -> st
 
 
 def validate(source: str) -> None:
-    """Raise ValueError when ``source`` does not compile as a notification template: a syntax
-    error, an unknown filter or test, or a construct of :data:`_FORBIDDEN` (used by the admin
-    API when an event type is saved)."""
+    """Raise ValueError when ``source`` does not compile as a notification template: longer
+    than :data:`MAX_SOURCE_CHARS`, a syntax error, an unknown filter or test, a construct of
+    :data:`_FORBIDDEN`, a private name, or a constant expression past a limit (used by the
+    admin API when an event type is saved)."""
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ValueError(f"invalid template: {len(source)} characters; at most {MAX_SOURCE_CHARS}")
     try:
         _compile(source, False)
     except TemplateError as exc:
         raise ValueError(f"invalid template: {exc}") from None
+    except TemplateLimitError as exc:
+        raise ValueError(f"invalid template: it would go past a limit: {exc}") from None
+    except (RecursionError, SyntaxError) as exc:
+        # Python's limits on the code Jinja generates: 20 nested blocks, 100 indentation
+        # levels, the interpreter's recursion depth (deeply nested parentheses or operators).
+        reason = exc.msg if isinstance(exc, SyntaxError) else "recursion too deep"
+        raise ValueError(f"invalid template: nested too deeply to compile ({reason})") from None
 
 
 def generate_templates(

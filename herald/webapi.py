@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
@@ -24,7 +25,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -41,6 +42,12 @@ HTTP_SECONDS = Histogram(
     "HTTP requests by route template, method and status, with their duration",
     ["service", "method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+READINESS_CHECKS = Counter(
+    "herald_readiness_checks_total",
+    "Runs of /readyz's checks (at most one a second per process, however many ask)",
+    ["service"],
 )
 
 # Parts of a request FastAPI names first in an error's location; the field path is the rest.
@@ -273,14 +280,16 @@ def install_metrics(app: FastAPI, service: str) -> None:
 
 
 async def _on_database_unavailable(request: Request, exc: Exception) -> Response:
-    # Connection refused, server gone, timeouts: transient, so 503 and not 500. Only the
-    # first line: the rest is SQLAlchemy's boilerplate.
+    # Connection refused, server gone, timeouts: transient, so 503 and not 500. The reason
+    # (host, port, database user) goes to the log, not to the client. Only the first line:
+    # the rest is SQLAlchemy's boilerplate.
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    log.warning("database unavailable: %s", reason, extra={"path": request.url.path})
     return problem_response(
         request,
         503,
         "Database unavailable",
-        f"PostgreSQL did not answer ({reason}); try again",
+        "PostgreSQL did not answer; try again",
         type_="urn:herald:problem:database-unavailable",
         headers={"Retry-After": "5"},
     )
@@ -292,3 +301,66 @@ def install_database_problem_handler(app: FastAPI) -> None:
     ``Retry-After``, instead of a ``500``."""
     app.add_exception_handler(OperationalError, _on_database_unavailable)
     app.add_exception_handler(PoolTimeoutError, _on_database_unavailable)
+
+
+class Readiness(BaseModel):
+    """The answer of ``/readyz`` when ready."""
+
+    status: str = Field(description='"ready".', examples=["ready"])
+    checks: dict[str, str] | None = Field(
+        None, description="Each dependency's result; only for a key with the admin scope."
+    )
+
+
+class ReadinessCache:
+    """``/readyz``'s checks, run at most once per ``ttl_s`` whoever asks: a flood of probes
+    (anonymous, since load balancers do not authenticate) costs one database query and one
+    Kafka metadata request a second, and concurrent callers wait for the same run."""
+
+    def __init__(
+        self, service: str, ttl_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.service = service
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._checked_at: float | None = None
+        self._checks: dict[str, str] = {}
+
+    def get(self, run: Callable[[], dict[str, str]]) -> dict[str, str]:
+        """The checks (``name → "ok"`` or ``"failed: ..."``), from ``run`` if the last run
+        is older than ``ttl_s``."""
+        with self._lock:
+            now = self._clock()
+            if self._checked_at is None or now - self._checked_at >= self.ttl_s:
+                READINESS_CHECKS.labels(self.service).inc()
+                self._checks = run()
+                self._checked_at = self._clock()
+            return dict(self._checks)
+
+
+def readiness_response(
+    request: Request, checks: Mapping[str, str], *, detailed: bool
+) -> Readiness | JSONResponse:
+    """``/readyz``'s answer: ``200`` when every check is ``ok``, else a ``503`` problem.
+    Only a ``detailed`` answer (for a key with the admin scope) names the checks and their
+    errors: host names, ports and database users are not for anonymous callers."""
+    failed = {name: result for name, result in checks.items() if result != "ok"}
+    if not failed:
+        return Readiness(status="ready", checks=dict(checks) if detailed else None)
+    if detailed:
+        return problem_response(
+            request,
+            503,
+            "Not ready",
+            "; ".join(f"{name} {result}" for name, result in failed.items()),
+            type_="urn:herald:problem:not-ready",
+            checks=dict(checks),
+        )
+    return problem_response(
+        request,
+        503,
+        "Not ready",
+        "a dependency is not ready (an API key with the admin scope sees which)",
+        type_="urn:herald:problem:not-ready",
+    )

@@ -40,6 +40,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
+from herald.identity import MAX_ID_LENGTH
+
 #: The delivery channels; they match the ``channel`` of each deliveries topic in
 #: ``schemas/topics.toml``.
 CHANNELS: Final = ("email", "sms", "inapp")
@@ -77,6 +79,13 @@ def channels_check_sql(column: str) -> str:
     return f"{column} <@ ARRAY[{_CHANNEL_LIST}]::text[]"
 
 
+def length_check(column: str) -> CheckConstraint:
+    """``ck_<table>_<column>_length``: an id or code column holds at most ``MAX_ID_LENGTH``
+    characters, as the ingest API, the router and inapp_store already require (migration
+    0006). A longer id would not fit a btree index entry."""
+    return CheckConstraint(f"char_length({column}) <= {MAX_ID_LENGTH}", name=f"{column}_length")
+
+
 class Base(DeclarativeBase):
     """Declarative base: one MetaData for every Herald table."""
 
@@ -108,6 +117,7 @@ class EventType(Base):
     __table_args__ = (
         UniqueConstraint("code", name="uq_event_type_code"),
         CheckConstraint(channels_check_sql("channels"), name="channels_known"),
+        length_check("code"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -136,7 +146,7 @@ class UserAccount(Base):
     """A recipient: the application's user id and how to reach them."""
 
     __tablename__ = "user_account"
-    __table_args__ = (CheckConstraint(PHONE_CHECK_SQL, name="phone_e164"),)
+    __table_args__ = (CheckConstraint(PHONE_CHECK_SQL, name="phone_e164"), length_check("id"))
 
     #: The application's own user id string (``u-123``), not a Herald-made id.
     id: Mapped[str] = mapped_column(primary_key=True)
@@ -160,6 +170,7 @@ class NotificationPreference(Base):
         CheckConstraint(
             "(quiet_hours_start IS NULL) = (quiet_hours_end IS NULL)", name="quiet_hours_pair"
         ),
+        length_check("user_id"),
     )
 
     user_id: Mapped[str] = mapped_column(
@@ -182,6 +193,8 @@ class UserEventPreference(Base):
         CheckConstraint(
             f"channels IS NULL OR {channels_check_sql('channels')}", name="channels_known"
         ),
+        length_check("user_id"),
+        length_check("event_type_code"),
     )
 
     # The primary key is the unique (user_id, event_type_code) pair: upserts conflict on it.
@@ -201,6 +214,7 @@ class Notification(Base):
     """One rendered notification for one user: a row of their inbox."""
 
     __tablename__ = "notification"
+    __table_args__ = (length_check("user_id"), length_check("event_type"))
 
     # No foreign keys to user_account or event_type: notifications arrive from Kafka, where a
     # user may be known only to the producers, and history must outlive a deleted event type.
@@ -255,6 +269,7 @@ class NotificationDelivery(Base):
         CheckConstraint(CHANNEL_CHECK_SQL, name="channel_known"),
         CheckConstraint(STATUS_CHECK_SQL, name="status_known"),
         CheckConstraint("retry_count >= 0", name="retry_count_non_negative"),
+        length_check("user_id"),
     )
 
     # Deliberately no foreign key to notification: status events (herald.delivery-status.v1)
@@ -331,6 +346,7 @@ class KnownDevice(Base):
     """A device a user has been seen on (new-device alerts)."""
 
     __tablename__ = "known_device"
+    __table_args__ = (length_check("user_id"), length_check("device_id"))
 
     # No foreign key to user_account: devices are learnt from events, whose users may be known
     # only on Kafka. The primary key is the unique (user_id, device_id) pair.
@@ -358,6 +374,7 @@ class HeldDelivery(Base):
     __tablename__ = "held_delivery"
     __table_args__ = (
         CheckConstraint(f"channel IN ({_sql_list(HOLDABLE_CHANNELS)})", name="channel_holdable"),
+        length_check("user_id"),
     )
 
     #: uuid5(notification_id, channel): routing the same event twice holds it once.
@@ -375,6 +392,40 @@ class HeldDelivery(Base):
 
 # The release loop reads the due rows, oldest first.
 Index("ix_held_delivery_release_at", HeldDelivery.release_at)
+
+
+class IdempotencyKey(Base):
+    """A ``POST /v1/events`` sent with an ``Idempotency-Key``, and the response it got
+    (services/ingest/idempotency.py).
+
+    The ingest API claims the row (``response_status`` NULL: in progress) before it publishes,
+    stores the response once Kafka acknowledged, and deletes the row if the request failed, so
+    the client may retry with the same key. A replay with the same ``request_hash`` gets the
+    stored response; another body is refused. Rows older than the TTL count as absent and are
+    deleted in the background.
+    """
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (CheckConstraint("char_length(key) BETWEEN 1 AND 255", name="key_length"),)
+
+    #: Who sent it: keys are scoped to the calling API key (its fingerprint, never the key).
+    caller: Mapped[str] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(primary_key=True)
+    #: sha256 (hex) of the canonical JSON of the parsed request body.
+    request_hash: Mapped[str]
+    #: Who holds the claim (a token per claim): completing, releasing and taking over a claim
+    #: left by a crashed request are compare-and-set on it.
+    claim_token: Mapped[uuid.UUID]
+    #: The stored response; NULL while the request is in progress.
+    response_status: Mapped[int | None] = mapped_column(Integer())
+    response_body: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = _created_at()
+    #: When the current claim was taken (a claim in progress past the lock timeout is stale).
+    locked_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+# Expired rows are found (and deleted) by age.
+Index("ix_idempotency_key_created_at", IdempotencyKey.created_at)
 
 
 #: Every Herald table, for ``alembic`` autogenerate comparisons and tests.

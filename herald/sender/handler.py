@@ -19,7 +19,9 @@ from prometheus_client import Counter, Gauge
 
 from herald.errors import PermanentError, ProcessingError, RetryableError
 from herald.headers import HEADERS_INVALID, header_problems, read_headers
+from herald.identity import check_id_length
 from herald.metrics import DELIVERIES, ERRORS
+from herald.observability import observe_final
 from herald.sender.breaker import Breaker
 from herald.sender.journal import Claim, JournalEntry, SendJournal
 from herald.sender.pool import IN_FLIGHT, SendFunction, SendPool
@@ -124,6 +126,12 @@ def decode_request(message: Message, channel: str) -> dict[str, Any]:
             f"delivery_id {request['delivery_id']!r} is not a UUID",
             error_class="request.invalid_id",
         ) from None
+    # The status events carry them to inapp_store, which could not store longer ones.
+    for name in ("user_id", "event_type"):
+        try:
+            check_id_length(request[name], name)
+        except ValueError as exc:
+            raise PermanentError(str(exc), error_class="request.invalid_id") from None
     return request
 
 
@@ -375,6 +383,7 @@ class SenderHandler:
                     extra={"delivery_id": delivery_id},
                 )
             DELIVERIES.labels(self.routes.channel, "sent").inc()
+            observe_final(self.routes.channel, "sent", message.headers())
             event = status_event(
                 request, "sent", attempt=attempt_of(message), provider_message_id=provider_id
             )
@@ -442,6 +451,8 @@ class SenderHandler:
             status = "dead" if isinstance(error, RetryableError) else "failed"
         status = status or "retrying"
         DELIVERIES.labels(self.routes.channel, status).inc()
+        if status != "retrying":
+            observe_final(self.routes.channel, status, message.headers())
         ERRORS.labels(self.service, error.error_class).inc()
         if isinstance(error, RetryableError) and error.error_class != "sender.batch_budget":
             self._provider_failed(error)

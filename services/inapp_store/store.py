@@ -45,7 +45,7 @@ from typing import Any, Final, NamedTuple
 
 import psycopg
 
-from herald import identity
+from herald import bounds, identity
 from herald.db.models import CHANNELS
 from herald.errors import PermanentError
 from services.inapp_store.realtime import created_notify_sql
@@ -104,6 +104,18 @@ def _uuid(record: Mapping[str, Any], name: str) -> str:
         ) from None
 
 
+def _id(record: Mapping[str, Any], name: str) -> str:
+    """The field as an id of 1 to ``MAX_ID_LENGTH`` characters (``record.invalid_id``).
+
+    A longer ``user_id`` cannot be stored: the inbox index would refuse the row, and with it
+    the whole batch's transaction, on every retry (one record written straight to a topic by
+    another producer would wedge the store)."""
+    try:
+        return _text(identity.check_id_length(record[name], name))
+    except ValueError as exc:
+        raise InvalidRecord(str(exc), error_class="record.invalid_id") from None
+
+
 def _event_uuid(event_id: str) -> str:
     # identity.event_uuid, skipping the parse for the usual case of a canonical UUID.
     return event_id if _CANONICAL_UUID.fullmatch(event_id) else str(identity.event_uuid(event_id))
@@ -139,6 +151,10 @@ _JSON: Final = json.JSONEncoder(ensure_ascii=False)
 
 
 def _metadata_json(metadata: Mapping[str, str]) -> str:
+    try:
+        bounds.check_map(metadata, bounds.METADATA)
+    except ValueError as exc:
+        raise InvalidRecord(str(exc), error_class="record.too_long") from None
     return _JSON.encode({_text(k): _text(v) for k, v in metadata.items()})
 
 
@@ -218,8 +234,8 @@ def notification_row(record: Mapping[str, Any]) -> NotificationRow:
     return NotificationRow(
         id=_uuid(record, "notification_id"),
         event_id=_event_uuid(record["event_id"]),
-        user_id=_text(record["user_id"]),
-        event_type=_text(record["event_type"]),
+        user_id=_id(record, "user_id"),
+        event_type=_id(record, "event_type"),
         title=_text(record["title"]),
         message=_text(record["message"]),
         metadata=_metadata_json(record["metadata"]),
@@ -233,8 +249,8 @@ def inbox_row_from_request(request: Mapping[str, Any]) -> NotificationRow:
     return NotificationRow(
         id=_uuid(request, "notification_id"),
         event_id=_event_uuid(request["event_id"]),
-        user_id=_text(request["user_id"]),
-        event_type=_text(request["event_type"]),
+        user_id=_id(request, "user_id"),
+        event_type=_id(request, "event_type"),
         title=_text(request["subject"]),
         message=_text(request["body_text"]),
         metadata="{}",
@@ -267,7 +283,7 @@ def status_rows(event: Mapping[str, Any]) -> tuple[DeliveryRow, AttemptRow]:
     delivery = DeliveryRow(
         id=delivery_id,
         notification_id=notification_id,
-        user_id=_text(event["user_id"]),
+        user_id=_id(event, "user_id"),
         channel=channel,
         status=status,
         attempt=attempt,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uvicorn
 
 from herald import logs
+from herald.auth import AuthSettings, InsecureDefaults, check_exposure
 from herald.metrics import serve_metrics
 from herald.settings import get_settings
 from services.ingest.app import create_app
@@ -21,14 +22,21 @@ def main() -> None:
     ingest = IngestSettings()
     logs.configure(ingest.log_level)
     settings = get_settings()
+    auth = AuthSettings()
+    try:
+        check_exposure(auth, ingest.host, "the ingest API")
+    except InsecureDefaults as exc:
+        raise SystemExit(str(exc)) from None
     serve_metrics(ingest.metrics_port)
     uvicorn.run(
-        create_app(settings, ingest),
+        create_app(settings, ingest, auth=auth),
         host=ingest.host,
         port=settings.local.ingest_port,
         # None: keep the JSON logging configured above instead of uvicorn's own.
         log_config=None,
         access_log=ingest.access_log,
+        # Past it uvicorn answers 503 instead of holding yet another connection.
+        limit_concurrency=ingest.limit_concurrency,
         timeout_graceful_shutdown=30,
     )
 

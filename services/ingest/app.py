@@ -14,6 +14,7 @@ from herald.db import make_engine, session_factory
 from herald.limits import RateLimiter, install_body_limit
 from herald.settings import Settings, get_settings
 from herald.webapi import (
+    ReadinessCache,
     install_database_problem_handler,
     install_metrics,
     install_problem_handlers,
@@ -32,6 +33,12 @@ Publish events to Herald over HTTP, and administer what the router needs to know
 Every admin write is stored in PostgreSQL, then published to its compacted Kafka topic before
 the response, so the router sees it at once. Every error is an RFC 9457 problem
 (`application/problem+json`) whose `detail` says what to fix.
+
+**Authentication.** An API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`, from
+`HERALD_ADMIN_API_KEYS`) with the scope each operation lists: `events:write` to publish
+events, `admin` for event types, users and preferences. A missing or unknown key is `401`, a
+key without the scope `403`; each key is rate-limited, and so are failed authentications per
+client address (`429` with `Retry-After`).
 """
 
 
@@ -40,6 +47,7 @@ def create_app(
     ingest: IngestSettings | None = None,
     *,
     publisher: Publisher | None = None,
+    auth: AuthSettings | None = None,
 ) -> FastAPI:
     """The FastAPI application; resources are opened at startup and closed at shutdown.
 
@@ -48,6 +56,7 @@ def create_app(
     """
     settings = settings or get_settings()
     ingest = ingest or IngestSettings()
+    auth = auth or AuthSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,13 +87,12 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.state.readiness = ReadinessCache(SERVICE)
     install_problem_handlers(app)
     install_database_problem_handler(app)
     install_auth(
         app,
-        Authenticator(
-            AuthSettings(), RateLimiter(ingest.rate_limit_per_s, ingest.rate_limit_burst)
-        ),
+        Authenticator(auth, RateLimiter(ingest.rate_limit_per_s, ingest.rate_limit_burst)),
     )
     # Before the metrics middleware, so it runs inside it: refused bodies are counted.
     install_body_limit(app, ingest.max_body_bytes)

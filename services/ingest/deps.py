@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Request, Security
 from pydantic import AfterValidator
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from herald.auth import Principal, require_admin
+from herald.auth import Principal, require_key
 from herald.webapi import problem_responses
 from schemas import Catalogue
 from services.ingest.publisher import Publisher
@@ -31,15 +31,26 @@ class Caller:
     name: str
 
 
-async def authorize(principal: Annotated[Principal, Depends(require_admin)]) -> Caller:
-    """Every ingest/admin route needs an admin API key (``X-API-Key`` or a Bearer token);
-    the key's rate-limit bucket is charged (429 with Retry-After past it)."""
+async def authorize(
+    principal: Annotated[Principal, Security(require_key, scopes=["admin"])],
+) -> Caller:
+    """The admin routes (event types, users, preferences) need an API key with the ``admin``
+    scope (``X-API-Key`` or a Bearer token); the key's rate-limit bucket is charged (429
+    with Retry-After past it)."""
     return Caller(name=f"http-ingest:{principal.subject}")
 
 
-#: What every admin route may answer before its handler runs: a missing or unknown API key
-#: (401), a body over the size limit (413, any method), the key's rate limit (429).
-ADMIN_RESPONSES = problem_responses(401, 413, 429)
+async def authorize_events(
+    principal: Annotated[Principal, Security(require_key, scopes=["events:write"])],
+) -> Caller:
+    """``POST /v1/events`` needs an API key with the ``events:write`` scope."""
+    return Caller(name=f"http-ingest:{principal.subject}")
+
+
+#: What every key route may answer before its handler runs: a missing or unknown API key
+#: (401), a key without the route's scope (403), a body over the size limit (413, any
+#: method), the key's rate limit or too many failed attempts from the address (429).
+ADMIN_RESPONSES = problem_responses(401, 403, 413, 429)
 
 
 def _engine(request: Request) -> Engine:
@@ -70,7 +81,8 @@ def _ingest_settings(request: Request) -> IngestSettings:
     return settings
 
 
-CallerDep = Annotated[Caller, Depends(authorize)]
+#: The caller of ``POST /v1/events`` (a key with ``events:write``).
+CallerDep = Annotated[Caller, Depends(authorize_events)]
 #: The engine, for short reads that need no request-long connection (the events hot path).
 DbEngine = Annotated[Engine, Depends(_engine)]
 #: A session on a connection held for the request (admin reads and writes).

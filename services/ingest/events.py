@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Header, status
+from fastapi.responses import JSONResponse
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,6 +29,7 @@ from herald.db.models import EventType
 from herald.serde import encode
 from herald.streaming import Outgoing
 from herald.webapi import Problem, iso_8601_only, problem_responses
+from services.ingest import idempotency
 from services.ingest.deps import (
     ADMIN_RESPONSES,
     CallerDep,
@@ -35,16 +37,18 @@ from services.ingest.deps import (
     Limits,
     Publish,
     Topics,
-    authorize,
+    authorize_events,
 )
+from services.ingest.idempotency import REPLAYED_HEADER, KeyedRequest, Replay, request_hash
 from services.ingest.publisher import PublishError
 from services.ingest.validation import (
     Context,
     EventId,
     EventTypeCode,
+    Metadata,
     UserId,
     as_utc,
-    idempotent_event_id,
+    check_idempotency_key,
 )
 
 SCHEMA = "herald.Event"
@@ -53,7 +57,7 @@ EVENT_TYPE = cast(Table, EventType.__table__)
 router = APIRouter(
     prefix="/v1/events",
     tags=["events"],
-    dependencies=[Depends(authorize)],
+    dependencies=[Depends(authorize_events)],
     responses=ADMIN_RESPONSES,
 )
 
@@ -85,7 +89,7 @@ class EventIn(BaseModel):
         default_factory=dict,
         description="Template variables; numbers and booleans become strings, null ''.",
     )
-    metadata: Context = Field(
+    metadata: Metadata = Field(
         default_factory=dict, description="Carried onto the notifications; not rendered."
     )
     event_id: EventId | None = Field(
@@ -126,30 +130,16 @@ class EventsAccepted(BaseModel):
     event_ids: list[str] = Field(description="Their ids, in request order.")
 
 
-def assign_event_ids(events: Sequence[EventIn], idempotency_key: str | None) -> list[str]:
-    """Every event's id: its own, the one its ``Idempotency-Key`` stands for, or a new uuid4.
+def assign_event_ids(events: Sequence[EventIn], keyed: KeyedRequest | None = None) -> list[str]:
+    """Every event's id: its own, else one derived from the request's ``Idempotency-Key``
+    (``keyed``: the same key and body always derive the same ids), else a new uuid4.
 
-    Raises :class:`Problem` (422) for a key on a batch, a key contradicting the event's id, or
-    an id repeated within the request.
+    Raises :class:`Problem` (422) for an id repeated within the request.
     """
-    if idempotency_key is not None:
-        if len(events) != 1:
-            raise _invalid(
-                "Idempotency-Key applies to a single event; give each event of a batch its own "
-                "event_id instead"
-            )
-        try:
-            derived = idempotent_event_id(idempotency_key)
-        except ValueError as exc:
-            raise _invalid(str(exc)) from None
-        given = events[0].event_id
-        if given is not None and given != derived:
-            raise _invalid(
-                f"event_id {given} contradicts the Idempotency-Key (which stands for {derived}); "
-                "send one or the other"
-            )
-        return [derived]
-    ids = [event.event_id or str(uuid.uuid4()) for event in events]
+    ids = [
+        event.event_id or (keyed.event_id(index) if keyed is not None else str(uuid.uuid4()))
+        for index, event in enumerate(events)
+    ]
     seen: set[str] = set()
     for index, event_id in enumerate(ids):
         if event_id in seen:
@@ -212,7 +202,18 @@ def lookup_event_types(engine: Engine, codes: Iterable[str]) -> dict[str, bool]:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=EventsAccepted,
-    responses=problem_responses(400, 413, 422, 503),
+    responses={
+        202: {
+            "headers": {
+                REPLAYED_HEADER: {
+                    "description": "`true` when this is the stored response of an earlier "
+                    "request with the same Idempotency-Key and body (nothing was published).",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            }
+        },
+        **problem_responses(400, 409, 413, 422, 503),
+    },
     summary="Publish one event or a batch",
 )
 def post_events(
@@ -258,16 +259,23 @@ def post_events(
     idempotency_key: Annotated[
         str | None,
         Header(
-            description="Makes a single event's id uuid5(namespace, key): re-sending the same "
-            "request never notifies twice."
+            description="Any unique string (a UUID is best), 1 to 255 characters, scoped to "
+            "your API key and kept with the response for 24 h. Re-sending the same body with "
+            "the same key publishes nothing new and answers the first response again (header "
+            "Idempotent-Replayed: true); the same key with another body is 422; while the "
+            "first request is in progress, 409 with Retry-After. A request that failed (422, "
+            "503) stores nothing: retry it with the same key. Events without an event_id get "
+            "ids derived from the key and the body."
         ),
     ] = None,
-) -> EventsAccepted:
+) -> EventsAccepted | JSONResponse:
     """Validate the events against the event-type registry and publish them to Kafka.
 
     Answers 202 with the event ids once Kafka has acknowledged every event; 422 (and nothing
     published) if any event is invalid or names an unknown or inactive event type; 413 past
-    the batch limit; 503 if Kafka does not acknowledge in time (retry with the returned ids).
+    the batch limit; 503 if Kafka does not acknowledge in time (retry with the returned ids,
+    or the same Idempotency-Key). With an ``Idempotency-Key``, also 422 for a key used with
+    another body and 409 while the key's first request is in progress.
     """
     events = body.events if isinstance(body, EventBatch) else [body]
     if len(events) > limits.max_batch_events:
@@ -285,31 +293,60 @@ def post_events(
                 f"{where}recipients: at most {limits.max_recipients} recipients per event, got "
                 f"{len(event.recipients)}"
             )
-    ids = assign_event_ids(events, idempotency_key)
-    codes = {event.event_type for event in events}
-    check_event_types(codes, lookup_event_types(engine, codes))
-    now = datetime.now(UTC)
-    records = [
-        Outgoing(
-            topics.events.name,
-            event_id,
-            encode(SCHEMA, event_record(event, event_id, producer=caller.name, now=now)),
+    keyed = None
+    if idempotency_key is not None:
+        try:
+            key = check_idempotency_key(idempotency_key)
+        except ValueError as exc:
+            raise _invalid(str(exc)) from None
+        keyed = KeyedRequest(caller.name, key, request_hash(body))
+    ids = assign_event_ids(events, keyed)
+    idempotency.PURGER.maybe_purge(engine, limits.idempotency_ttl_s)
+    # The claim is committed before anything else happens, so a concurrent request with the
+    # same key sees it; the lookup and the Kafka wait come after.
+    held = None
+    if keyed is not None:
+        claimed = idempotency.claim(
+            engine, keyed, ttl_s=limits.idempotency_ttl_s, lock_timeout_s=limits.idempotency_lock_s
         )
-        for event, event_id in zip(events, ids, strict=True)
-    ]
+        if isinstance(claimed, Replay):
+            return JSONResponse(
+                claimed.body, status_code=claimed.status, headers={REPLAYED_HEADER: "true"}
+            )
+        held = claimed
     try:
-        publisher.publish(records)
-    except PublishError as exc:
-        raise Problem(
-            503,
-            "Kafka unavailable",
-            f"the events could not be published ({exc}); retry with the same event ids, "
-            "which never notifies twice",
-            kind="kafka-unavailable",
-            headers={"Retry-After": "5"},
-            event_ids=ids,
-        ) from exc
-    return EventsAccepted(accepted=len(ids), event_ids=ids)
+        codes = {event.event_type for event in events}
+        check_event_types(codes, lookup_event_types(engine, codes))
+        now = datetime.now(UTC)
+        records = [
+            Outgoing(
+                topics.events.name,
+                event_id,
+                encode(SCHEMA, event_record(event, event_id, producer=caller.name, now=now)),
+            )
+            for event, event_id in zip(events, ids, strict=True)
+        ]
+        try:
+            publisher.publish(records)
+        except PublishError as exc:
+            raise Problem(
+                503,
+                "Kafka unavailable",
+                f"the events could not be published ({exc}); retry with the same event ids "
+                "(or the same Idempotency-Key and body), which never notifies twice",
+                kind="kafka-unavailable",
+                headers={"Retry-After": "5"},
+                event_ids=ids,
+            ) from exc
+    except BaseException:
+        # Nothing is stored for a request that failed: the client may retry with the key.
+        if held is not None:
+            idempotency.release(engine, held)
+        raise
+    accepted = EventsAccepted(accepted=len(ids), event_ids=ids)
+    if held is not None:
+        idempotency.complete(engine, held, status.HTTP_202_ACCEPTED, accepted.model_dump())
+    return accepted
 
 
 def _invalid(detail: str) -> Problem:

@@ -19,9 +19,9 @@ from zoneinfo import available_timezones
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
-from herald import templates
+from herald import bounds, templates
 from herald.auth import check_user_id as check_user_id  # the shared rule, re-exported
-from herald.identity import HERALD_NAMESPACE, MAX_ID_LENGTH
+from herald.identity import MAX_ID_LENGTH
 
 #: Event type codes: lower case, starting with a letter, 2 to 64 characters.
 EVENT_TYPE_CODE = re.compile(r"[a-z][a-z0-9_.-]{1,63}")
@@ -115,10 +115,13 @@ def _check_hour_minute(value: str) -> str:
     return format_hour_minute(parse_hour_minute(value))
 
 
-def coerce_context(values: Mapping[str, Any]) -> dict[str, str]:
+def coerce_context(
+    values: Mapping[str, Any], limits: bounds.MapLimits = bounds.CONTEXT
+) -> dict[str, str]:
     """Template variables as strings: numbers and booleans as JSON writes them (``3``,
     ``2.5``, ``true``), null as an empty string. Lists and objects are refused: a template
-    could only print them, and a producer sending one has usually made a mistake.
+    could only print them, and a producer sending one has usually made a mistake. The result
+    must stay within ``limits`` (:mod:`herald.bounds`: entries, key and value lengths).
     """
     out: dict[str, str] = {}
     for key, value in values.items():
@@ -135,7 +138,13 @@ def coerce_context(values: Mapping[str, Any]) -> dict[str, str]:
                 f"value of {key!r} is a {_json_type(value)}; values must be strings, numbers, "
                 "booleans or null"
             )
+    bounds.check_map(out, limits)
     return out
+
+
+def coerce_metadata(values: Mapping[str, Any]) -> dict[str, str]:
+    """An event's metadata: :func:`coerce_context` under the metadata limits."""
+    return coerce_context(values, bounds.METADATA)
 
 
 def _json_type(value: object) -> str:
@@ -152,15 +161,6 @@ def check_idempotency_key(key: str) -> str:
     if not 1 <= len(stripped) <= MAX_ID_LENGTH or not stripped.isprintable():
         raise ValueError(f"Idempotency-Key must be 1 to {MAX_ID_LENGTH} visible characters")
     return stripped
-
-
-def idempotent_event_id(key: str) -> str:
-    """The event id an ``Idempotency-Key`` stands for: ``uuid5(HERALD_NAMESPACE, key)``.
-
-    The same key always gives the same id, so a re-sent request yields the same event, which
-    the router and the database deduplicate.
-    """
-    return str(uuid.uuid5(HERALD_NAMESPACE, check_idempotency_key(key)))
 
 
 def normalize_event_id(event_id: str) -> str:
@@ -201,10 +201,19 @@ def unique_channels(channels: list[str]) -> list[str]:
     return list(dict.fromkeys(channels))
 
 
-_STRING_MAP_SCHEMA = {
-    "type": "object",
-    "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
-}
+def _string_map_schema(limits: bounds.MapLimits) -> dict[str, Any]:
+    """The JSON Schema of a string map within ``limits`` (its total length is checked only
+    by the validator)."""
+    return {
+        "type": "object",
+        "maxProperties": limits.max_entries,
+        "propertyNames": {"minLength": 1, "maxLength": limits.max_key_length},
+        "additionalProperties": {
+            "type": ["string", "number", "boolean", "null"],
+            "maxLength": limits.max_value_length,
+        },
+    }
+
 
 EventTypeCode = Annotated[
     str,
@@ -225,7 +234,15 @@ EventId = Annotated[
 TemplateSource = Annotated[str, AfterValidator(check_template_source)]
 #: Free text stored in PostgreSQL (names, descriptions).
 Text = Annotated[str, AfterValidator(check_storable_text)]
-#: Template variables: string keys, scalar values turned into strings.
+#: Template variables: string keys, scalar values turned into strings (herald.bounds.CONTEXT).
 Context = Annotated[
-    dict[str, Any], AfterValidator(coerce_context), WithJsonSchema(_STRING_MAP_SCHEMA)
+    dict[str, Any],
+    AfterValidator(coerce_context),
+    WithJsonSchema(_string_map_schema(bounds.CONTEXT)),
+]
+#: An event's metadata: as :data:`Context`, within herald.bounds.METADATA.
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(coerce_metadata),
+    WithJsonSchema(_string_map_schema(bounds.METADATA)),
 ]

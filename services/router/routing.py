@@ -14,8 +14,9 @@ Every error a record can cause is a :class:`herald.errors.PermanentError` with a
 ``error_class`` (``serde.*``, ``record.*``, ``event_type.*``, ``user.unknown``,
 ``template.*``): the agents send the record to the events DLQ with it. Records are bounded
 before anything else reads them: ids of 1 to ``MAX_ID_LENGTH`` (255) characters
-(``record.invalid_id``) and at most ``MAX_RECIPIENTS`` (10,000) recipients per event
-(``record.too_many_recipients``), see :func:`check_bounds`.
+(``record.invalid_id``), at most ``MAX_RECIPIENTS`` (10,000) recipients per event
+(``record.too_many_recipients``), and context, metadata, user fields and template sources
+within :mod:`herald.bounds` (``record.too_long``), see :func:`check_bounds`.
 
 Templates see the event's ``context`` plus these built-ins (the event's own keys win, so a
 producer that sends its own ``display_name`` gets it):
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from herald import bounds
 from herald.errors import PermanentError
 from herald.identity import (
     MAX_ID_LENGTH,
@@ -60,7 +62,7 @@ from herald.serde import (
 )
 from herald.status import status_event, status_outgoing
 from herald.streaming import Outgoing
-from herald.templates import CHANNELS, generate_templates, render
+from herald.templates import CHANNELS, MAX_SOURCE_CHARS, generate_templates, render
 from schemas import Catalogue
 from services.router import quiet_hours
 
@@ -148,22 +150,40 @@ def decode_input(data: bytes | None, full_name: str) -> Record:
     return record
 
 
+#: The string fields of a ``herald.User`` record, each at most ``MAX_ID_LENGTH`` characters
+#: (the ingest API allows 254 for an email, 200 for a display name, less for the rest).
+_USER_FIELDS = ("email", "phone", "locale", "timezone", "display_name")
+
+
 def check_bounds(record: Mapping[str, Any], full_name: str) -> None:
     """Refuse a decoded record Herald must not process: an id (event id, event type code,
     actor, recipient, user id) that is empty or longer than ``MAX_ID_LENGTH`` characters
-    (``record.invalid_id``: PostgreSQL's btree indexes cannot hold any length), or an event
+    (``record.invalid_id``: PostgreSQL's btree indexes cannot hold any length), an event
     naming more than ``MAX_RECIPIENTS`` recipients (``record.too_many_recipients``: one
-    event's fan-out must stay bounded). Anyone can write to the public events topic, so the
-    ingest API's checks are not enough."""
+    event's fan-out must stay bounded), or a string past its bound (``record.too_long``): an
+    event's context or metadata past :mod:`herald.bounds`, its producer or a user's field
+    longer than ``MAX_ID_LENGTH``, a template longer than ``MAX_SOURCE_CHARS``. Anyone can
+    write to the public events topic, so the ingest API's checks are not enough."""
     if full_name == EVENT:
         _check_event(record)
     elif full_name == RECIPIENT_EVENT:
         _check_id(record["user_id"], "user_id")
         _check_event(record["event"])
-    elif full_name in (USER, PREFERENCES):
+    elif full_name == USER:
         _check_id(record["user_id"], "user_id")
+        for name in _USER_FIELDS:
+            if record.get(name) is not None:
+                _check_length(record[name], name, MAX_ID_LENGTH)
+    elif full_name == PREFERENCES:
+        _check_id(record["user_id"], "user_id")
+        for code in record.get("event_overrides") or ():
+            _check_id(code, "event type code")
     elif full_name == EVENT_TYPE:
         _check_id(record["code"], "event type code")
+        for channel, template in (record.get("templates") or {}).items():
+            for part, source in template.items():
+                if isinstance(source, str):
+                    _check_length(source, f"the {channel} {part} template", MAX_SOURCE_CHARS)
 
 
 def _check_event(event: Mapping[str, Any]) -> None:
@@ -171,6 +191,12 @@ def _check_event(event: Mapping[str, Any]) -> None:
     _check_id(event["event_type"], "event_type")
     if event.get("actor_id") is not None:
         _check_id(event["actor_id"], "actor_id")
+    _check_length(event.get("producer") or "", "producer", MAX_ID_LENGTH)
+    try:
+        bounds.check_map(event.get("context") or {}, bounds.CONTEXT)
+        bounds.check_map(event.get("metadata") or {}, bounds.METADATA)
+    except ValueError as exc:
+        raise PermanentError(str(exc), error_class="record.too_long") from None
     recipients = event.get("recipients") or ()
     if len(recipients) > MAX_RECIPIENTS:
         raise PermanentError(
@@ -189,6 +215,14 @@ def _check_id(value: str, what: str) -> None:
         check_id_length(value, what)
     except ValueError as exc:
         raise PermanentError(str(exc), error_class="record.invalid_id") from None
+
+
+def _check_length(value: str, what: str, limit: int) -> None:
+    if len(value) > limit:
+        raise PermanentError(
+            f"{what} has {len(value)} characters; at most {limit}",
+            error_class="record.too_long",
+        )
 
 
 # --- stage 1: events into recipients --------------------------------------------------------

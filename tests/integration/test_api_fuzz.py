@@ -69,6 +69,11 @@ pytestmark = pytest.mark.integration
 MAX_EXAMPLES = int(os.environ.get("HERALD_FUZZ_MAX_EXAMPLES", "50"))
 ADMIN_KEY = LOCAL_ADMIN_API_KEY
 WRONG_KEY = "not-the-admin-key-0123456789"
+#: Scoped keys: one that may only publish events, one that may only read inboxes.
+PUBLISHER_KEY = "fuzz-publisher-key-0123456789"
+READER_KEY = "fuzz-inbox-reader-key-0123456789"
+#: Every key both apps accept, the admin key with every scope.
+API_KEYS = f"{ADMIN_KEY},{PUBLISHER_KEY}=events:write,{READER_KEY}=inbox:read"
 
 CHECKS = [
     not_a_server_error,
@@ -118,7 +123,9 @@ def choice(case: Case, buckets: int) -> int:
 
 
 def secured(case: Case) -> bool:
-    return bool(case.operation.definition.raw.get("security"))
+    """Whether the operation needs a credential (``/readyz`` lists ``{}``: anonymous too)."""
+    security = case.operation.definition.raw.get("security") or []
+    return bool(security) and {} not in security
 
 
 def takes_user_token(case: Case) -> bool:
@@ -197,6 +204,8 @@ def ingest_schema(
         Settings(kafka=kafka_settings, database=db_settings),
         # A rate limit the fuzz never reaches: 429 has its own tests.
         IngestSettings(publish_timeout_s=10.0, rate_limit_per_s=10_000, rate_limit_burst=10_000),
+        # No limit on failed authentications either (it has its own tests).
+        auth=AuthSettings(admin_api_keys=SecretStr(API_KEYS), auth_failures_per_min=0),
     )
     yield schemathesis.openapi.from_asgi("/openapi.json", app, config=fuzz_config())
     stop_apps()
@@ -210,7 +219,7 @@ def test_ingest_api_fuzz(case: Case, tally: Tally) -> None:
     headers = case.headers
     for name in ("X-API-Key", "Authorization"):
         headers.pop(name, None)
-    mode = choice(case, 10)
+    mode = choice(case, 12)
     refused = False
     if mode <= 6:
         headers["X-API-Key"] = ADMIN_KEY
@@ -218,6 +227,14 @@ def test_ingest_api_fuzz(case: Case, tally: Tally) -> None:
         headers["Authorization"] = f"Bearer {ADMIN_KEY}"
     elif mode == 8:
         headers["X-API-Key"] = WRONG_KEY
+        refused = True
+    elif mode == 9:
+        # A key that may only publish events: refused everywhere else.
+        headers["X-API-Key"] = PUBLISHER_KEY
+        refused = case.operation.label != "POST /v1/events"
+    elif mode == 10:
+        # A read API key: no scope of the ingest API.
+        headers["Authorization"] = f"Bearer {READER_KEY}"
         refused = True
     else:
         refused = True
@@ -308,8 +325,9 @@ def read_schema(
         # No rate limit (429 has its own tests); short heartbeats so a stream sends something.
         ReadApiSettings(rate_limit_per_s=0, stream_heartbeat_s=0.2),
         AuthSettings(
-            admin_api_keys=SecretStr(ADMIN_KEY),
+            admin_api_keys=SecretStr(API_KEYS),
             user_token_secret=SecretStr(LOCAL_USER_TOKEN_SECRET),
+            auth_failures_per_min=0,
         ),
     )
     yield schemathesis.openapi.from_asgi("/openapi.json", app, config=fuzz_config())
@@ -327,7 +345,7 @@ def test_read_api_fuzz(case: Case, seeded_ids: list[uuid.UUID], tally: Tally) ->
     query = case.query
     query.pop("token", None)
     path = case.path_parameters
-    mode = choice(case, 20)
+    mode = choice(case, 22)
     if "user_id" in path and mode < 6:
         # A user with data: the handlers that find rows run too.
         path["user_id"] = SEEDED_USER
@@ -353,6 +371,14 @@ def test_read_api_fuzz(case: Case, seeded_ids: list[uuid.UUID], tally: Tally) ->
     elif mode == 18 and case.operation.path.endswith("/stream") and isinstance(user_id, str):
         # The stream also takes the token in the query (EventSource sends no headers).
         query["token"] = user_token(user_id, LOCAL_USER_TOKEN_SECRET)
+    elif mode == 20:
+        # A key that may read inboxes: refused where it would change or mint anything.
+        headers["X-API-Key"] = READER_KEY
+        refused = case.method.upper() != "GET"
+    elif mode == 21:
+        # A key that may only publish events: no scope of the read API.
+        headers["X-API-Key"] = PUBLISHER_KEY
+        refused = True
     else:
         refused = True
     # A stream never ends: it is read for STREAM_READ_S, then cut (what it sent is validated).

@@ -23,16 +23,16 @@ from fastapi.testclient import TestClient
 from psycopg.rows import dict_row
 
 from herald.auth import LOCAL_ADMIN_API_KEY
-from herald.db import search_path_options
+from herald.db import make_engine, search_path_options
 from herald.devstack.process import free_port
 from herald.serde import decode
 from herald.settings import DatabaseSettings, KafkaSettings, Settings
 from herald.streaming import Outgoing
 from schemas import CATALOGUE, Catalogue
 from services.ingest.app import create_app
+from services.ingest.idempotency import REPLAYED_HEADER, purge_expired
 from services.ingest.publisher import Publisher
 from services.ingest.settings import IngestSettings
-from services.ingest.validation import idempotent_event_id
 from tests.integration.kafka_util import read_all
 from tests.integration.services import ServiceProcess, service_env
 
@@ -92,6 +92,13 @@ def rows(database: DatabaseSettings, sql: str, *params: Any) -> list[dict[str, A
         row_factory=dict_row,
     ) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def execute(database: DatabaseSettings, sql: str, *params: Any) -> None:
+    with psycopg.connect(
+        database.libpq_url, options=search_path_options(database.database_schema)
+    ) as conn:
+        conn.execute(sql, params)
 
 
 def assert_problem(response: Any, status: int, *phrases: str) -> dict[str, Any]:
@@ -459,26 +466,133 @@ def test_single_and_batch_events_are_published(
     assert published[batch_ids[1]]["recipients"] == ["u-4"]
 
 
-def test_idempotency_key_gives_the_same_event_id_twice(
-    client: TestClient, kafka_settings: KafkaSettings, topics: Catalogue
+def test_idempotency_key_replays_the_first_response_and_refuses_another_body(
+    client: TestClient,
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
 ) -> None:
     create_event_type(client, "order.shipped")
     event = {"event_type": "order.shipped", "recipients": ["u-1"], "context": {"order": "991"}}
     headers = {"Idempotency-Key": f"order-991-{uuid.uuid4()}"}
     first = client.post("/v1/events", json=event, headers=headers)
-    second = client.post("/v1/events", json=event, headers=headers)
-    assert first.status_code == second.status_code == 202, (first.text, second.text)
-    assert first.json()["event_ids"] == second.json()["event_ids"]
+    assert first.status_code == 202, first.text
+    assert REPLAYED_HEADER not in first.headers
+    # The same body (spelt differently) again: the first response, and nothing published.
+    respelled = {**event, "context": {"order": 991}, "metadata": {}}
+    second = client.post("/v1/events", json=respelled, headers=headers)
+    assert second.status_code == 202, second.text
+    assert second.headers[REPLAYED_HEADER] == "true"
+    assert second.content == first.content
     [event_id] = first.json()["event_ids"]
-    assert event_id == idempotent_event_id(headers["Idempotency-Key"])
-    published = records(kafka_settings, topics.events.name)
-    # Both sends are on the topic under one id; the router and the database deduplicate.
-    assert [key for key, _ in published] == [event_id, event_id]
-    assert_problem(
-        client.post("/v1/events", json={"events": [event, event]}, headers=headers),
-        422,
-        "Idempotency-Key applies to a single event",
+    assert [key for key, _ in records(kafka_settings, topics.events.name)] == [event_id]
+    [stored] = rows(db_settings, "select * from idempotency_key")
+    assert stored["key"] == headers["Idempotency-Key"]
+    assert stored["caller"].startswith("http-ingest:")
+    assert (stored["response_status"], stored["response_body"]) == (202, first.json())
+
+    # The same key with another body (a batch of the event, another recipient) is refused,
+    # and publishes nothing.
+    for other in ({"events": [event, event]}, {**event, "recipients": ["u-2"]}):
+        body = assert_problem(
+            client.post("/v1/events", json=other, headers=headers),
+            422,
+            "already used with a different request body",
+        )
+        assert body["type"].endswith(":idempotency-key-reused")
+    assert [key for key, _ in records(kafka_settings, topics.events.name)] == [event_id]
+
+    # A key may come with a batch: ids derived for the events without one, replayed alike.
+    given = str(uuid.uuid4())
+    batch = {"events": [event, {**event, "event_id": given}, event]}
+    batch_key = {"Idempotency-Key": str(uuid.uuid4())}
+    accepted = client.post("/v1/events", json=batch, headers=batch_key)
+    assert accepted.status_code == 202, accepted.text
+    ids = accepted.json()["event_ids"]
+    assert len(set(ids)) == 3 and ids[1] == given and event_id not in ids
+    replayed = client.post("/v1/events", json=batch, headers=batch_key)
+    assert replayed.headers[REPLAYED_HEADER] == "true"
+    assert replayed.json() == accepted.json()
+    assert sorted(key for key, _ in records(kafka_settings, topics.events.name)) == sorted(
+        [event_id, *ids]
     )
+    assert_problem(
+        client.post("/v1/events", json=event, headers={"Idempotency-Key": "x" * 256}),
+        422,
+        "Idempotency-Key must be 1 to 255 visible characters",
+    )
+
+
+def test_a_failed_keyed_request_stores_nothing_and_may_be_retried(
+    client: TestClient,
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+) -> None:
+    event = {"event_type": "order.shipped", "recipients": ["u-1"]}
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    assert_problem(
+        client.post("/v1/events", json=event, headers=headers), 422, "unknown event type"
+    )
+    assert rows(db_settings, "select * from idempotency_key") == []
+    # Fixed (the event type registered): the same key goes through, as a new request.
+    create_event_type(client, "order.shipped")
+    retried = client.post("/v1/events", json=event, headers=headers)
+    assert retried.status_code == 202, retried.text
+    assert REPLAYED_HEADER not in retried.headers
+
+    # Kafka down: 503, the claim is released; the retry publishes the same derived ids.
+    broken = kafka_settings.model_copy(update={"bootstrap_servers": "127.0.0.1:1"})
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    for down in make_client(broken, db_settings, publish_timeout_s=1.5):
+        failed = assert_problem(down.post("/v1/events", json=event, headers=key), 503)
+        stored = rows(db_settings, "select key from idempotency_key")
+        assert key["Idempotency-Key"] not in {row["key"] for row in stored}
+    again = client.post("/v1/events", json=event, headers=key)
+    assert again.status_code == 202, again.text
+    assert again.json()["event_ids"] == failed["event_ids"]
+
+
+def test_a_key_held_by_a_crashed_request_is_taken_over_and_an_expired_one_is_new(
+    client: TestClient,
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+) -> None:
+    create_event_type(client, "order.shipped")
+    event = {"event_type": "order.shipped", "recipients": ["u-1"]}
+    key = str(uuid.uuid4())
+    first = client.post("/v1/events", json=event, headers={"Idempotency-Key": key})
+    assert first.status_code == 202, first.text
+    # As if the request had died between publishing and storing its response.
+    execute(db_settings, "update idempotency_key set response_status = null, response_body = null")
+    in_use = client.post("/v1/events", json=event, headers={"Idempotency-Key": key})
+    body = assert_problem(in_use, 409, "still in progress")
+    assert body["type"].endswith(":idempotency-key-in-use")
+    assert in_use.headers["retry-after"] == "1"
+    # Past the lock timeout the retry takes it over and publishes the same id again.
+    execute(db_settings, "update idempotency_key set locked_at = now() - interval '1 hour'")
+    taken = client.post("/v1/events", json=event, headers={"Idempotency-Key": key})
+    assert taken.status_code == 202, taken.text
+    assert REPLAYED_HEADER not in taken.headers
+    assert taken.json() == first.json()
+    [event_id] = first.json()["event_ids"]
+    assert [k for k, _ in records(kafka_settings, topics.events.name)] == [event_id, event_id]
+
+    # Older than the TTL, a key counts as never used: another body is a new request...
+    execute(db_settings, "update idempotency_key set created_at = now() - interval '2 days'")
+    other = {**event, "recipients": ["u-2"]}
+    fresh = client.post("/v1/events", json=other, headers={"Idempotency-Key": key})
+    assert fresh.status_code == 202, fresh.text
+    assert fresh.json()["event_ids"] != first.json()["event_ids"]
+    # ... and expired keys are deleted.
+    execute(db_settings, "update idempotency_key set created_at = now() - interval '2 days'")
+    engine = make_engine(db_settings)
+    try:
+        assert purge_expired(engine, 86_400, batch=1) == 1
+    finally:
+        engine.dispose()
+    assert rows(db_settings, "select * from idempotency_key") == []
 
 
 def test_unknown_or_inactive_event_types_publish_nothing(

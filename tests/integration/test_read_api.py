@@ -72,7 +72,13 @@ def make_client(database: DatabaseSettings, **config: Any) -> TestClient:
     app = create_app(
         Settings(database=database),
         ReadApiSettings(**{"rate_limit_per_s": 0, **config}),
-        AuthSettings(admin_api_keys=SecretStr(ADMIN), user_token_secret=SecretStr(SECRET)),
+        # Failed authentications unlimited: the refusal tests make dozens on purpose (the
+        # limit has its own tests in tests/unit/test_auth.py and tests/security).
+        AuthSettings(
+            admin_api_keys=SecretStr(ADMIN),
+            user_token_secret=SecretStr(SECRET),
+            auth_failures_per_min=0,
+        ),
     )
     return TestClient(app)
 
@@ -557,7 +563,9 @@ def test_a_10_mb_body_is_refused_with_413(
 
 def test_health_readiness_metrics_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {
+    # Anonymous: only the status; a key with the admin scope sees the checks.
+    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/readyz", headers={"X-API-Key": ADMIN}).json() == {
         "status": "ready",
         "checks": {"database": "ok", "listener": "ok"},
     }
@@ -581,7 +589,10 @@ def test_readiness_and_errors_when_the_database_does_not_answer(
     )
     with make_client(down, ready_timeout_s=1) as broken:
         assert broken.get("/healthz").status_code == 200
-        ready = broken.get("/readyz")
+        anonymous = broken.get("/readyz")
+        assert anonymous.status_code == 503 and "checks" not in anonymous.json()
+        assert "127.0.0.1" not in anonymous.text and "herald" not in anonymous.json()["detail"]
+        ready = broken.get("/readyz", headers={"X-API-Key": ADMIN})
         assert ready.status_code == 503 and ready.headers["content-type"] == PROBLEM_JSON
         checks = ready.json()["checks"]
         assert checks["database"].startswith("failed") and checks["listener"].startswith("failed")

@@ -10,26 +10,31 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from herald import auth
 from herald.auth import (
     LOCAL_ADMIN_API_KEY,
     LOCAL_USER_TOKEN_SECRET,
+    SCOPES,
     Authenticator,
     AuthSettings,
+    InsecureDefaults,
     Principal,
     RedactCredentials,
+    check_exposure,
     check_user_id,
     constant_time_equals,
     install_auth,
+    is_loopback,
     key_fingerprint,
+    key_with,
     matching_admin_key,
+    parse_api_keys,
     redact_credentials,
-    require_admin,
-    require_user,
+    user_or_key_with,
     user_token,
     verify_user_token,
 )
@@ -177,21 +182,21 @@ def refusal(call: Any) -> Problem:
 
 def test_admin_credentials() -> None:
     authenticator = Authenticator(settings())
-    assert authenticator.admin(ADMIN) == Principal("admin", key_fingerprint(ADMIN))
-    assert authenticator.admin(OLD_ADMIN).subject == key_fingerprint(OLD_ADMIN)
-    missing = refusal(lambda: authenticator.admin(None))
-    wrong = refusal(lambda: authenticator.admin("not-a-key"))
+    assert authenticator.key(ADMIN) == Principal("key", key_fingerprint(ADMIN), frozenset(SCOPES))
+    assert authenticator.key(OLD_ADMIN).subject == key_fingerprint(OLD_ADMIN)
+    missing = refusal(lambda: authenticator.key(None))
+    wrong = refusal(lambda: authenticator.key("not-a-key"))
     assert (missing.status, wrong.status) == (401, 401)
     assert missing.headers == {"WWW-Authenticate": 'Bearer realm="herald"'}
     # A user token is not an admin key.
-    assert refusal(lambda: authenticator.admin(user_token("u", SECRET))).status == 401
+    assert refusal(lambda: authenticator.key(user_token("u", SECRET))).status == 401
 
 
 def test_user_credentials() -> None:
     authenticator = Authenticator(settings())
     token = user_token("user-42", SECRET)
     assert authenticator.user("user-42", api_key=None, token=token) == Principal("user", "user-42")
-    assert authenticator.user("user-42", api_key=ADMIN, token=None).is_admin
+    assert authenticator.user("user-42", api_key=ADMIN, token=None).is_key
     assert refusal(lambda: authenticator.user("user-42", api_key=None, token=None)).status == 401
     other = refusal(lambda: authenticator.user("user-43", api_key=None, token=token))
     forged = refusal(lambda: authenticator.user("user-42", api_key=None, token="f" * 64))
@@ -223,13 +228,15 @@ def test_charge_answers_429_with_retry_after_when_the_bucket_is_empty() -> None:
 # --- FastAPI dependencies ----------------------------------------------------------------------
 
 
-def tiny_app(limiter: RateLimiter | None = None, *, install: bool = True) -> FastAPI:
+def tiny_app(
+    limiter: RateLimiter | None = None, *, install: bool = True, **changes: Any
+) -> FastAPI:
     app = FastAPI()
     install_problem_handlers(app)
     if install:
-        install_auth(app, Authenticator(settings(), limiter))
-    users = APIRouter(prefix="/users/{user_id}", dependencies=[Depends(require_user)])
-    admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
+        install_auth(app, Authenticator(settings(**changes), limiter))
+    users = APIRouter(prefix="/users/{user_id}", dependencies=[user_or_key_with("inbox:read")])
+    admin = APIRouter(prefix="/admin", dependencies=[key_with("admin")])
     streams = APIRouter(prefix="/streams/{user_id}")
 
     @users.get("/data")
@@ -320,7 +327,8 @@ def test_openapi_documents_the_credentials() -> None:
         "type": "apiKey",
         "in": "header",
         "name": "X-API-Key",
-        "description": "An admin API key (HERALD_ADMIN_API_KEYS).",
+        "description": "An API key (HERALD_ADMIN_API_KEYS) holding the scopes the operation "
+        "lists: events:write, admin, inbox:read, inbox:write, tokens:mint.",
     }
     assert schemes["UserToken"]["name"] == "X-User-Token"
     assert schemes["UserTokenQuery"]["in"] == "query"
@@ -364,3 +372,118 @@ def test_cli_mints_tokens(
     ]
     with pytest.raises(SystemExit):
         auth.main(["user-token", "has space"])
+
+
+# --- scopes, failed attempts, exposure (issue 13) ----------------------------------------------
+
+PUBLISHER = "unit-test-publisher-key-0123"
+READER = "unit-test-inbox-reader-key-01"
+
+
+def test_keys_carry_scopes_and_a_bare_key_has_every_scope() -> None:
+    keys = parse_api_keys(f"{PUBLISHER}=events:write, {READER}=inbox:read tokens:mint,{ADMIN}")
+    assert [key.scopes for key in keys] == [
+        frozenset({"events:write"}),
+        frozenset({"inbox:read", "tokens:mint"}),
+        frozenset(SCOPES),
+    ]
+    assert PUBLISHER not in repr(keys)  # the secret stays out of reprs
+    for bad, message in [
+        (f"{PUBLISHER}=events:delete", "unknown scope 'events:delete'"),
+        (f"{PUBLISHER}=", "'=' but no scopes"),
+        ("tinykey7=admin", "key #1 is shorter than 16"),
+        ("dGhpcyBpcyBiYXNlNjQgd2l0aCBwYWRkaW5n==", "unknown scope '='"),
+    ]:
+        with pytest.raises(ValueError, match=message) as error:
+            parse_api_keys(bad)
+        assert "tinykey7" not in str(error.value) and PUBLISHER not in str(error.value)
+
+
+def test_a_key_without_the_routes_scope_is_403_and_one_with_it_passes() -> None:
+    authenticator = Authenticator(settings(admin_api_keys=f"{PUBLISHER}=events:write,{ADMIN}"))
+    assert authenticator.key(PUBLISHER, ["events:write"]).may("events:write")
+    lacking = refusal(lambda: authenticator.key(PUBLISHER, ["admin"]))
+    assert (lacking.status, lacking.extensions) == (403, {"required_scopes": ["admin"]})
+    assert "insufficient-scope" in lacking.type
+    # On a user's data too: the key needs inbox:read; the user's own token needs nothing.
+    refused = refusal(
+        lambda: authenticator.user("u", api_key=PUBLISHER, token=None, scopes=["inbox:read"])
+    )
+    assert refused.status == 403
+    token = user_token("u", SECRET)
+    assert authenticator.user("u", api_key=None, token=token, scopes=["inbox:read"]).kind == "user"
+
+
+def test_scopes_are_checked_per_route_and_shown_in_openapi() -> None:
+    app = tiny_app(admin_api_keys=f"{PUBLISHER}=events:write,{READER}=inbox:read")
+    with TestClient(app) as client:
+        assert client.get("/admin/things", headers={"X-API-Key": PUBLISHER}).status_code == 403
+        assert client.get("/admin/things", headers={"X-API-Key": READER}).status_code == 403
+        assert client.get("/users/u/data", headers={"X-API-Key": READER}).status_code == 200
+        assert client.get("/users/u/data", headers={"X-API-Key": PUBLISHER}).status_code == 403
+    operations = app.openapi()["paths"]
+    assert {"AdminApiKey": ["admin"]} in operations["/admin/things"]["get"]["security"]
+    assert {"AdminApiKey": ["inbox:read"]} in operations["/users/{user_id}/data"]["get"]["security"]
+
+
+def test_failed_attempts_are_limited_per_address_before_credentials_are_checked() -> None:
+    now = [0.0]
+    failures = RateLimiter(1 / 60, 3, clock=lambda: now[0])
+    authenticator = Authenticator(settings(), failures=failures)
+
+    def attempt(key: str | None, client: str = "10.0.0.1") -> Problem | Principal:
+        try:
+            return authenticator.authenticate(client, lambda: authenticator.key(key))
+        except Problem as problem:
+            return problem
+
+    # Missing credentials are not guesses: they do not count.
+    for _ in range(10):
+        assert getattr(attempt(None), "status", None) == 401
+    for _ in range(3):
+        assert getattr(attempt("wrong-key-0123456789"), "status", None) == 401
+    limited = attempt(ADMIN)  # even the right key: the address is refused before checking
+    assert isinstance(limited, Problem) and limited.status == 429
+    assert limited.headers == {"Retry-After": "60"}
+    assert isinstance(attempt(ADMIN, client="10.0.0.2"), Principal)  # per address
+    now[0] = 61.0
+    assert isinstance(attempt(ADMIN), Principal)
+
+
+def test_failed_attempts_over_http_get_429_with_retry_after() -> None:
+    app = tiny_app(auth_failure_burst=2, auth_failures_per_min=1)
+    with TestClient(app) as client:
+        wrong = {"X-API-Key": "wrong-key-0123456789"}
+        assert [client.get("/admin/things", headers=wrong).status_code for _ in range(3)] == [
+            401,
+            401,
+            429,
+        ]
+        forged = client.get("/users/u/data", headers={"X-User-Token": "0" * 64})
+        assert forged.status_code == 429 and int(forged.headers["Retry-After"]) >= 1
+        assert forged.json()["type"] == "urn:herald:problem:too-many-failed-attempts"
+
+
+def test_is_loopback() -> None:
+    for host in ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "10.0.0.5", "example.com", ""):
+        assert not is_loopback(host), host
+
+
+def test_local_defaults_refuse_to_serve_other_machines() -> None:
+    defaults = AuthSettings(admin_api_keys=SecretStr(LOCAL_ADMIN_API_KEY))
+    check_exposure(defaults, "127.0.0.1", "the API")  # loopback: a developer's machine
+    with pytest.raises(InsecureDefaults) as error:
+        check_exposure(defaults, "0.0.0.0", "the API")
+    message = str(error.value)
+    assert "HERALD_ADMIN_API_KEYS and HERALD_USER_TOKEN_SECRET" in message
+    assert "secrets.token_urlsafe" in message and "HERALD_ENV=local" in message
+    # Keys set but the token secret forgotten: anyone could mint any user's token.
+    half = AuthSettings(admin_api_keys=SecretStr(ADMIN))
+    with pytest.raises(InsecureDefaults, match="HERALD_USER_TOKEN_SECRET holds"):
+        check_exposure(half, "0.0.0.0", "the API")
+    check_exposure(AuthSettings(admin_api_keys=SecretStr(ADMIN), env="local"), "0.0.0.0", "the API")
+    with pytest.raises(InsecureDefaults, match="HERALD_ENV=production"):
+        check_exposure(AuthSettings(env="production"), "127.0.0.1", "the API")
+    check_exposure(settings(), "0.0.0.0", "the API")  # own secrets: anywhere

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from herald.digest import (
+    MAX_TITLE_CHARS,
     UserDigest,
     digest_event,
     digest_event_id,
@@ -12,6 +13,7 @@ from herald.digest import (
     iso_week,
 )
 from herald.serde import decode, encode
+from services.router.routing import EVENT, check_bounds
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday, ISO week 48
 
@@ -55,6 +57,13 @@ def test_the_digest_event_is_a_valid_event_for_its_user() -> None:
     }
     assert decode(encode("herald.Event", event))["context"] == event["context"]
     assert digest_event(UserDigest("ann", 1, ("a",)), NOW)["context"]["plural"] == ""
+
+
+def test_long_titles_are_cut_so_the_digest_stays_within_the_router_bounds() -> None:
+    event = digest_event(UserDigest("bob", 9, tuple("t" * 1_000_000 for _ in range(5))), NOW)
+    lines = event["context"]["titles"].split("\n")
+    assert lines[0] == "- " + "t" * (MAX_TITLE_CHARS - 1) + "…"
+    check_bounds(event, EVENT)  # not record.too_long
 
 
 def test_every_default_template_renders_with_the_context_its_events_carry() -> None:

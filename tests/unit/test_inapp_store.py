@@ -401,6 +401,34 @@ def test_undecodable_records_go_to_the_dlq_or_are_skipped() -> None:
     assert dead[1].value == b"\xc3\x01garbage!"  # the original bytes, for a later replay
 
 
+def test_over_long_ids_and_metadata_are_refused_before_the_database() -> None:
+    """A 3,000-character user id written straight to a topic used to reach PostgreSQL, whose
+    inbox index refuses it (or, compressed, stores it); it is refused as a record instead."""
+    long_user = "u" * 3000
+    inapp_topic = CATALOGUE_T.for_channel("inapp")
+    messages = [
+        inapp_message(request(user=long_user), offset=1),
+        inapp_message(request(user="user-2"), offset=2),
+        notification_message(notification(user=long_user), offset=3),
+        notification_message(notification(event_type="t" * 256), offset=4),
+        status_message(status("sent", user=long_user), offset=5),
+        notification_message(notification(metadata={"k": "v" * 1025}), offset=6),
+    ]
+    plan = plan_batch(messages, CATALOGUE_T, now=T0)
+    assert [(i.offset, i.error.error_class) for i in plan.invalid] == [
+        (1, "record.invalid_id"),
+        (3, "record.invalid_id"),
+        (4, "record.invalid_id"),
+        (5, "record.invalid_id"),
+        (6, "record.too_long"),
+    ]
+    assert plan.invalid[0].sent_to == inapp_topic.dlq_name
+    assert "user_id 'uuuu" in plan.invalid[0].error.message
+    assert "has 3000 characters" in plan.invalid[0].error.message
+    assert plan.delivered == 1
+    assert [r.user_id for r in plan.rows.notification_rows()] == ["user-2"]
+
+
 def test_invalid_streak_spans_batches_and_resets_on_a_valid_record() -> None:
     garbage = message(CATALOGUE_T.notifications.name, b"x")
     good = notification_message(notification())

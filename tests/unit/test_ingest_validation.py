@@ -10,7 +10,6 @@ from pydantic import ValidationError
 
 from herald import templates
 from herald.db import models
-from herald.identity import HERALD_NAMESPACE
 from herald.serde import decode, encode
 from herald.webapi import Problem, describe_validation_errors, field_path
 from services.ingest.event_types import (
@@ -26,6 +25,7 @@ from services.ingest.events import (
     check_event_types,
     event_record,
 )
+from services.ingest.idempotency import KeyedRequest
 from services.ingest.preferences import PreferencesIn, preferences_record
 from services.ingest.users import UserIn
 from services.ingest.validation import (
@@ -33,10 +33,11 @@ from services.ingest.validation import (
     E164,
     as_utc,
     check_event_type_code,
+    check_idempotency_key,
     check_timezone,
     check_user_id,
     coerce_context,
-    idempotent_event_id,
+    coerce_metadata,
     normalize_email,
     normalize_event_id,
     normalize_locale,
@@ -202,21 +203,33 @@ def test_context_keys_must_not_be_empty() -> None:
         coerce_context({"": "x"})
 
 
+def test_context_and_metadata_are_bounded() -> None:
+    longest = {"k" * 128: "v" * 8192}
+    assert coerce_context(longest) == longest
+    for values, reason in (
+        ({"k" * 129: "v"}, "context key 'kkkk"),
+        ({"excerpt": "v" * 8193}, "context value of 'excerpt' has 8193 characters"),
+        ({f"k{n}": n for n in range(65)}, "context has 65 entries; at most 64"),
+        ({f"k{n}": "v" * 8000 for n in range(9)}, "at most 65536 in all"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            coerce_context(values)
+    assert coerce_metadata({"trace_id": "t" * 1024, "n": 3}) == {"trace_id": "t" * 1024, "n": "3"}
+    with pytest.raises(ValueError, match="metadata value of 'trace_id' has 1025 characters"):
+        coerce_metadata({"trace_id": "t" * 1025})
+    with pytest.raises(ValueError, match="metadata has 33 entries"):
+        coerce_metadata({f"k{n}": "v" for n in range(33)})
+
+
 # --- event ids and the idempotency key ------------------------------------------------------
 
 
-def test_idempotency_key_gives_a_stable_uuid5() -> None:
-    first = idempotent_event_id("order-991-shipped")
-    assert first == idempotent_event_id("order-991-shipped")
-    assert first == str(uuid.uuid5(HERALD_NAMESPACE, "order-991-shipped"))
-    assert uuid.UUID(first).version == 5
-    assert first != idempotent_event_id("order-992-shipped")
-
-
 def test_idempotency_key_must_be_short_and_visible() -> None:
-    for bad in ("", "   ", "x" * 256, "tab\there"):
+    assert check_idempotency_key(" order-991-shipped ") == "order-991-shipped"
+    assert check_idempotency_key("x" * 255) == "x" * 255
+    for bad in ("", "   ", "x" * 256, "tab\there", "nul\x00"):
         with pytest.raises(ValueError, match="Idempotency-Key"):
-            idempotent_event_id(bad)
+            check_idempotency_key(bad)
 
 
 def test_event_ids_are_canonical_uuids() -> None:
@@ -232,30 +245,32 @@ def _event(**fields: object) -> EventIn:
 
 def test_assign_event_ids_keeps_given_ids_and_generates_the_rest() -> None:
     given = str(uuid.uuid4())
-    ids = assign_event_ids([_event(event_id=given), _event()], None)
+    ids = assign_event_ids([_event(event_id=given), _event()])
     assert ids[0] == given
     assert uuid.UUID(ids[1]).version == 4
+    assert assign_event_ids([_event()]) != assign_event_ids([_event()])
 
 
-def test_assign_event_ids_uses_the_idempotency_key_for_one_event() -> None:
-    assert assign_event_ids([_event()], "k-1") == [idempotent_event_id("k-1")]
-    # The same id in the body and the key agree: accepted.
-    same = idempotent_event_id("k-1")
-    assert assign_event_ids([_event(event_id=same)], "k-1") == [same]
-
-
-def test_assign_event_ids_refuses_a_key_on_a_batch_or_a_contradicting_id() -> None:
-    with pytest.raises(Problem, match="single event") as batch:
-        assign_event_ids([_event(), _event()], "k-1")
-    assert batch.value.status == 422
-    with pytest.raises(Problem, match="contradicts the Idempotency-Key"):
-        assign_event_ids([_event(event_id=str(uuid.uuid4()))], "k-1")
+def test_assign_event_ids_derives_the_ids_of_a_keyed_request() -> None:
+    given = str(uuid.uuid4())
+    keyed = KeyedRequest("http-ingest:ab12cd34ef56", "k-1", "0" * 64)
+    # A batch may carry a key: each event without an id gets one derived from its position;
+    # an event with its own id keeps it.
+    ids = assign_event_ids([_event(), _event(event_id=given), _event()], keyed)
+    assert ids == [keyed.event_id(0), given, keyed.event_id(2)]
+    assert all(uuid.UUID(i).version == 5 for i in (ids[0], ids[2]))
+    # Sending it again derives the same ids: the router deduplicates them.
+    assert assign_event_ids([_event(), _event(event_id=given), _event()], keyed) == ids
 
 
 def test_assign_event_ids_refuses_a_repeated_id() -> None:
     same = str(uuid.uuid4())
     with pytest.raises(Problem, match=r"events\[1\].event_id .* appears twice"):
-        assign_event_ids([_event(event_id=same), _event(event_id=same)], None)
+        assign_event_ids([_event(event_id=same), _event(event_id=same)])
+    keyed = KeyedRequest("c", "k", "h")
+    with pytest.raises(Problem, match=r"events\[1\].event_id .* appears twice") as copied:
+        assign_event_ids([_event(), _event(event_id=keyed.event_id(0))], keyed)
+    assert copied.value.status == 422
 
 
 # --- events ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from herald.db.models import (
     Notification,
     metadata,
 )
+from herald.identity import MAX_ID_LENGTH
 from herald.settings import DatabaseSettings
 
 TABLES = {
@@ -35,6 +36,7 @@ TABLES = {
     "known_device",
     "held_delivery",
     "send_journal",
+    "idempotency_key",
 }
 
 
@@ -211,3 +213,26 @@ def test_offline_migration_sql_creates_schema_tables_and_partial_index() -> None
     sql = buffer.getvalue()
     for table in TABLES:
         assert f"DROP TABLE {table};" in sql
+
+
+def test_id_length_checks_of_the_models_are_the_migrations() -> None:
+    """Every ``char_length(<id>) <= MAX_ID_LENGTH`` check of the models is added by a migration
+    under the same name and condition (Alembic's comparison does not look at CHECKs)."""
+    checks = {
+        str(c.name): str(c.sqltext)
+        for table in metadata.tables.values()
+        for c in table.constraints
+        if isinstance(c, CheckConstraint) and str(c.sqltext).endswith(f") <= {MAX_ID_LENGTH}")
+    }
+    assert {"ck_user_account_id_length", "ck_notification_user_id_length"} <= checks.keys()
+    assert len(checks) == 11
+    settings = DatabaseSettings(
+        database_url="postgresql://herald@127.0.0.1:1/herald", database_schema="offline-check"
+    )
+    config = migrate.alembic_config(settings)
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    command.upgrade(config, "head", sql=True)
+    sql = buffer.getvalue()
+    for name, condition in checks.items():
+        assert f"ADD CONSTRAINT {name} CHECK ({condition})" in sql

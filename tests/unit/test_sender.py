@@ -460,6 +460,8 @@ def test_an_uncertain_send_is_sent_again_when_replayed_or_deduplicated() -> None
         (encode("herald.Event", SAMPLES["herald.Event"]), "decode.IncompatibleSchemaError"),
         (encode("herald.DeliveryRequest", request(channel="sms")), "request.wrong_channel"),
         (encode("herald.DeliveryRequest", request(delivery_id="d-1")), "request.invalid_id"),
+        (encode("herald.DeliveryRequest", request(user_id="u" * 3000)), "request.invalid_id"),
+        (encode("herald.DeliveryRequest", request(event_type="")), "request.invalid_id"),
     ],
 )
 def test_decode_request_refuses_what_it_cannot_send(value: bytes, error_class: str) -> None:

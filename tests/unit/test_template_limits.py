@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -128,3 +129,44 @@ def test_the_default_event_types_compile() -> None:
             for source in template.values():
                 if source:
                     validate(source)
+
+
+def test_validate_refuses_private_names_constant_bombs_and_huge_sources() -> None:
+    for source, reason in (
+        ("{{ ''.__class__.__mro__ }}", "'__class__': names starting with '_'"),
+        ("{{ cycler.__init__.__globals__ }}", "'__init__': names starting with '_'"),
+        ("{{ name['_secret'] }}", "'_secret'"),
+        ("{{ name|attr('__class__') }}", "'__class__'"),
+        ("{{ 'x' * 10**9 }}", "1000000000 long"),
+        ("{{ ('ab' * 1000) * (1000 + 1) }}", "2002000 long"),
+        ("{{ 10**100000 }}", "bits"),
+        ("{{ '%999999999d' % 1 }}", "formatted field"),
+        ("{% for a in range(100000) %}{% for b in range(9) %}{% endfor %}{% endfor %}", "range()"),
+        ("{{ range(0, -20000, -1)|list }}", "range() of 20000 numbers"),
+        ("x" * (templates.MAX_SOURCE_CHARS + 1), f"at most {templates.MAX_SOURCE_CHARS}"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            validate(source)
+    # Nested past Python's limits on the code Jinja generates: refused, not a crash.
+    for source in (
+        "{% for a in x %}" * 30 + "{% endfor %}" * 30,
+        "{% if x %}" * 100 + "{% endif %}" * 100,
+        "{{ " + "(" * 200 + "1" + ")" * 200 + " }}",
+        "{{ " + "1 + " * 1000 + "1 }}",
+        "{{ x" + "|upper" * 2000 + " }}",
+    ):
+        with pytest.raises(ValueError, match="nested too deeply to compile"):
+            validate(source)
+        with pytest.raises(PermanentError) as caught:
+            render(source, {"x": "a"})
+        assert caught.value.error_class in ("template.error", "template.limit")
+    # What depends on the context is left to the render's limits.
+    validate("{{ 'x' * (n|int) }} {% for a in range(n|int) %}{% endfor %} {{ x|attr(name) }}")
+    for source in ("{{ 'x' * 999 }}", "{{ range(1, 2, 0) }}", "{{ 1 % 0 }}", "{{ 2 ** 0.5 }}"):
+        validate(source)
+    assert render("{{ n|int|attr('real') }} {{ -2 ** 2 }} {{ 'ab' * 2 }}", {"n": "7"}) == (
+        "7 4 abab"
+    )
+    with pytest.raises(PermanentError) as caught:
+        render("{{ x|attr(name) }}", {"x": "s", "name": "__class__"})
+    assert caught.value.error_class == "template.error"

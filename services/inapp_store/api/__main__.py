@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from herald import logs
-from herald.auth import redact_access_log
+from herald.auth import AuthSettings, InsecureDefaults, check_exposure, redact_access_log
 from herald.metrics import serve_metrics
 from herald.settings import get_settings
 from services.inapp_store.api.app import create_app
@@ -49,8 +49,13 @@ def main() -> None:
     logs.configure(config.log_level)
     redact_access_log()
     settings = get_settings()
+    auth = AuthSettings()
+    try:
+        check_exposure(auth, config.host, "the read API")
+    except InsecureDefaults as exc:
+        raise SystemExit(str(exc)) from None
     serve_metrics(config.metrics_port)
-    app: FastAPI = create_app(settings, config)
+    app: FastAPI = create_app(settings, config, auth)
     server = _Server(
         uvicorn.Config(
             app,
@@ -59,6 +64,8 @@ def main() -> None:
             # None: keep the JSON logging configured above instead of uvicorn's own.
             log_config=None,
             access_log=config.access_log,
+            # Past it uvicorn answers 503 instead of holding yet another connection.
+            limit_concurrency=config.limit_concurrency,
             timeout_graceful_shutdown=10,
         ),
         app.state.broker,

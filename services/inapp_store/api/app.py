@@ -16,6 +16,7 @@ from herald.db import make_engine
 from herald.limits import RateLimiter, install_body_limit
 from herald.settings import Settings, get_settings
 from herald.webapi import (
+    ReadinessCache,
     install_database_problem_handler,
     install_metrics,
     install_problem_handlers,
@@ -40,13 +41,17 @@ notification's delivery status per channel with its attempt history, and a real-
   `token = hex(HMAC-SHA256(HERALD_USER_TOKEN_SECRET, user_id))`: the product's backend computes
   it (`python -m herald.auth user-token USER_ID`, or `POST /v1/users/{user_id}/token` with an
   admin key) and hands it to the signed-in user; or
-* an admin API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`, from
-  `HERALD_ADMIN_API_KEYS`).
+* an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`, from
+  `HERALD_ADMIN_API_KEYS`) with the scope the operation lists: `inbox:read` to read,
+  `inbox:write` to change read or archive state, `tokens:mint` to mint user tokens.
 
-Missing or unknown credentials are `401`; a token for another user is `403`; a notification
-id that is not the user's is `404`. None of these depends on whether the other user or
-notification exists. Each caller is rate-limited (`429` with `Retry-After`); request bodies
-are limited in size (`413`). Every error is an RFC 9457 problem (`application/problem+json`).
+Missing or unknown credentials are `401`; a token for another user, or a key without the
+scope, is `403`; a notification id that is not the user's is `404`. None of these depends on
+whether the other user or notification exists. Each caller is rate-limited (`429` with
+`Retry-After`), and so are failed authentications per client address; request bodies are
+limited in size (`413`); real-time streams are capped per user, per key and per process.
+`/readyz` is anonymous and says only ready or not, unless a key with the `admin` scope asks.
+Every error is an RFC 9457 problem (`application/problem+json`).
 """
 
 TAGS = [
@@ -115,6 +120,7 @@ def create_app(
     app.state.broker = broker
     app.state.read_api_settings = config
     app.state.schema = settings.database.database_schema
+    app.state.readiness = ReadinessCache(SERVICE)
     install_problem_handlers(app)
     install_database_problem_handler(app)
     install_auth(

@@ -18,6 +18,7 @@ than events arrive (its queue overflowed), or when the notifications could not b
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import uuid
@@ -138,6 +139,8 @@ class InboxBroker:
         self.probe_interval_s = probe_interval_s
         self.max_reconnect_delay_s = max_reconnect_delay_s
         self._subscribers: dict[str, set[Subscription]] = {}
+        # Open streams by who opened them (a user, or an API key by fingerprint).
+        self._owners: collections.Counter[str] = collections.Counter()
         # Made in start(): asyncio objects belong to the loop that runs them.
         self._inbound: asyncio.Queue[InboxEvent] = asyncio.Queue(INBOUND_LIMIT)
         self._connected = asyncio.Event()
@@ -192,11 +195,23 @@ class InboxBroker:
         """How many streams ``user_id`` has open in this process."""
         return len(self._subscribers.get(user_id, ()))
 
+    def streams_of_owner(self, owner: str) -> int:
+        """How many streams ``owner`` (a principal's rate key) has open in this process."""
+        return self._owners[owner]
+
+    @property
+    def streams_total(self) -> int:
+        """How many streams are open in this process."""
+        return sum(self._owners.values())
+
     @contextlib.contextmanager
-    def subscribe(self, user_id: str) -> Iterator[Subscription]:
-        """Receive ``user_id``'s events while the block runs."""
+    def subscribe(self, user_id: str, owner: str | None = None) -> Iterator[Subscription]:
+        """Receive ``user_id``'s events while the block runs (counted against ``owner``,
+        the caller who opened the stream; the user by default)."""
         subscription = Subscription(user_id, self.queue_size)
         self._subscribers.setdefault(user_id, set()).add(subscription)
+        owner = owner or f"user:{user_id}"
+        self._owners[owner] += 1
         STREAMS_OPEN.inc()
         try:
             if self._closing:
@@ -204,6 +219,9 @@ class InboxBroker:
             yield subscription
         finally:
             STREAMS_OPEN.dec()
+            self._owners[owner] -= 1
+            if self._owners[owner] <= 0:
+                del self._owners[owner]
             subscriptions = self._subscribers.get(user_id)
             if subscriptions is not None:
                 subscriptions.discard(subscription)

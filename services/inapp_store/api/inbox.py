@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from herald.auth import require_user
+from herald.auth import user_or_key_with
 from herald.webapi import Problem, iso_8601_only, problem_responses
 from services.inapp_store.api import queries
 from services.inapp_store.api.deps import Db, Schema, UserPath, as_utc
@@ -28,7 +28,6 @@ MAX_LIMIT = 100
 router = APIRouter(
     prefix="/v1/users/{user_id}/notifications",
     tags=["inbox"],
-    dependencies=[Depends(require_user)],
     responses=problem_responses(401, 403, 422, 429, 503),
 )
 
@@ -40,7 +39,12 @@ EventTypeFilter = Annotated[
 ]
 
 
-@router.get("", response_model=InboxPage, summary="List the inbox, newest first")
+@router.get(
+    "",
+    response_model=InboxPage,
+    summary="List the inbox, newest first",
+    dependencies=[user_or_key_with("inbox:read")],
+)
 def list_inbox(
     user_id: UserPath,
     conn: Db,
@@ -93,14 +97,24 @@ def list_inbox(
     )
 
 
-@router.get("/unread-count", response_model=UnreadCount, summary="Count unread notifications")
+@router.get(
+    "/unread-count",
+    response_model=UnreadCount,
+    summary="Count unread notifications",
+    dependencies=[user_or_key_with("inbox:read")],
+)
 def get_unread_count(user_id: UserPath, conn: Db) -> UnreadCount:
     """How many notifications the user has not read (archived ones are not counted): the
     number on the bell icon."""
     return UnreadCount(user_id=user_id, unread=queries.unread_count(conn, user_id))
 
 
-@router.post("/read-all", response_model=ReadAllResult, summary="Mark every notification read")
+@router.post(
+    "/read-all",
+    response_model=ReadAllResult,
+    summary="Mark every notification read",
+    dependencies=[user_or_key_with("inbox:write")],
+)
 def read_all(
     user_id: UserPath,
     conn: Db,

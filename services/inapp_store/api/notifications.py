@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from sqlalchemy import Connection
 
-from herald.auth import require_user
+from herald.auth import user_or_key_with
 from herald.webapi import Problem, problem_responses
 from services.inapp_store.api import queries
 from services.inapp_store.api.deps import Db, NotificationPath, Schema, UserPath
@@ -24,7 +24,6 @@ from services.inapp_store.api.models import NotificationDetail, NotificationOut
 router = APIRouter(
     prefix="/v1/users/{user_id}/notifications/{notification_id}",
     tags=["notifications"],
-    dependencies=[Depends(require_user)],
     responses=problem_responses(401, 403, 404, 422, 429, 503),
 )
 
@@ -38,7 +37,12 @@ def _not_found(notification_id: object) -> Problem:
     )
 
 
-@router.get("", response_model=NotificationDetail, summary="A notification and its deliveries")
+@router.get(
+    "",
+    response_model=NotificationDetail,
+    summary="A notification and its deliveries",
+    dependencies=[user_or_key_with("inbox:read")],
+)
 def get_notification(
     user_id: UserPath, notification_id: NotificationPath, conn: Db
 ) -> NotificationDetail:
@@ -68,7 +72,12 @@ def _change(
     return NotificationOut.model_validate(row)
 
 
-@router.post("/read", response_model=NotificationOut, summary="Mark read")
+@router.post(
+    "/read",
+    response_model=NotificationOut,
+    summary="Mark read",
+    dependencies=[user_or_key_with("inbox:write")],
+)
 def mark_read(
     user_id: UserPath, notification_id: NotificationPath, conn: Db, schema: Schema
 ) -> NotificationOut:
@@ -77,7 +86,12 @@ def mark_read(
     return _change(conn, schema, user_id, notification_id, read=True)
 
 
-@router.post("/unread", response_model=NotificationOut, summary="Mark unread")
+@router.post(
+    "/unread",
+    response_model=NotificationOut,
+    summary="Mark unread",
+    dependencies=[user_or_key_with("inbox:write")],
+)
 def mark_unread(
     user_id: UserPath, notification_id: NotificationPath, conn: Db, schema: Schema
 ) -> NotificationOut:
@@ -86,7 +100,12 @@ def mark_unread(
     return _change(conn, schema, user_id, notification_id, read=False)
 
 
-@router.post("/archive", response_model=NotificationOut, summary="Archive")
+@router.post(
+    "/archive",
+    response_model=NotificationOut,
+    summary="Archive",
+    dependencies=[user_or_key_with("inbox:write")],
+)
 def archive(
     user_id: UserPath, notification_id: NotificationPath, conn: Db, schema: Schema
 ) -> NotificationOut:
@@ -95,7 +114,12 @@ def archive(
     return _change(conn, schema, user_id, notification_id, archived=True)
 
 
-@router.post("/unarchive", response_model=NotificationOut, summary="Unarchive")
+@router.post(
+    "/unarchive",
+    response_model=NotificationOut,
+    summary="Unarchive",
+    dependencies=[user_or_key_with("inbox:write")],
+)
 def unarchive(
     user_id: UserPath, notification_id: NotificationPath, conn: Db, schema: Schema
 ) -> NotificationOut:

@@ -7,7 +7,7 @@ port from ``HERALD_READ_API_PORT``, credentials from :class:`herald.auth.AuthSet
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from herald.limits import DEFAULT_MAX_BODY_BYTES
@@ -28,6 +28,14 @@ class ReadApiSettings(BaseSettings):
     rate_limit_burst: int = Field(default=60, ge=1)
     #: Open real-time streams per user per process; more are answered 429.
     max_streams_per_user: int = Field(default=10, ge=1, le=10_000)
+    #: Open real-time streams per API key per process (a backend streaming for its users);
+    #: more are answered 429.
+    max_streams_per_key: int = Field(default=100, ge=1, le=100_000)
+    #: Open real-time streams per process, whoever opened them; more are answered 503.
+    max_streams: int = Field(default=1000, ge=1, le=100_000)
+    #: Connections and requests uvicorn serves at once (streams included); past it, 503.
+    #: Must leave room above ``max_streams`` for ordinary requests.
+    limit_concurrency: int = Field(default=1200, ge=2, le=1_000_000)
     #: Seconds between heartbeat comments on an idle stream (keeps proxies from closing it).
     stream_heartbeat_s: float = Field(default=15.0, gt=0, le=300)
     #: Events buffered per open stream; a client slower than that gets a ``resync`` event.
@@ -41,3 +49,12 @@ class ReadApiSettings(BaseSettings):
     #: Log one line per request (uvicorn's access log; query-string tokens are redacted).
     access_log: bool = True
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _room_for_requests(self) -> ReadApiSettings:
+        if self.limit_concurrency <= self.max_streams:
+            raise ValueError(
+                f"READ_API_LIMIT_CONCURRENCY ({self.limit_concurrency}) must be larger than "
+                f"READ_API_MAX_STREAMS ({self.max_streams}): streams would take every slot"
+            )
+        return self

@@ -23,7 +23,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from herald.auth import require_user_stream
+from herald.auth import StreamCaller
 from herald.webapi import Problem, problem_responses
 from services.inapp_store.api.broker import Heartbeat, Subscription
 from services.inapp_store.api.deps import Broker, Config, UserPath
@@ -34,13 +34,12 @@ RECONNECT_MS = 3000
 router = APIRouter(
     prefix="/v1/users/{user_id}",
     tags=["stream"],
-    dependencies=[Depends(require_user_stream)],
     responses=problem_responses(401, 403, 422, 429, 503),
 )
 
 
 async def _subscription(
-    user_id: UserPath, broker: Broker, config: Config
+    user_id: UserPath, broker: Broker, config: Config, caller: StreamCaller
 ) -> AsyncIterator[Subscription]:
     # A dependency, not the generator's first lines: refusals must be answered before the
     # response (and its 200 status) starts. FastAPI keeps it open until the stream ends.
@@ -52,6 +51,25 @@ async def _subscription(
             kind="stream-unavailable",
             headers={"Retry-After": "5"},
         )
+    if broker.streams_total >= config.max_streams:
+        # Every stream holds a connection for as long as it is open: the process's cap.
+        raise Problem(
+            503,
+            "Service Unavailable",
+            f"this server holds its limit of {config.max_streams} open streams; retry shortly "
+            "(or on another server)",
+            kind="too-many-streams-here",
+            headers={"Retry-After": "10"},
+        )
+    if caller.is_key and broker.streams_of_owner(caller.rate_key) >= config.max_streams_per_key:
+        raise Problem(
+            429,
+            "Too Many Requests",
+            f"this API key already has {config.max_streams_per_key} open streams here; "
+            "close one first",
+            kind="too-many-streams",
+            headers={"Retry-After": "10"},
+        )
     if broker.streams_of(user_id) >= config.max_streams_per_user:
         raise Problem(
             429,
@@ -61,7 +79,7 @@ async def _subscription(
             kind="too-many-streams",
             headers={"Retry-After": "10"},
         )
-    with broker.subscribe(user_id) as subscription:
+    with broker.subscribe(user_id, owner=caller.rate_key) as subscription:
         yield subscription
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from herald.auth import Authenticator, get_authenticator, require_admin
+from herald.auth import Authenticator, get_authenticator, key_with
 from herald.webapi import problem_responses
 from services.inapp_store.api.deps import UserPath
 from services.inapp_store.api.models import UserTokenOut
@@ -19,8 +19,8 @@ from services.inapp_store.api.models import UserTokenOut
 router = APIRouter(
     prefix="/v1/users/{user_id}",
     tags=["admin"],
-    dependencies=[Depends(require_admin)],
-    responses=problem_responses(401, 422, 429),
+    dependencies=[key_with("tokens:mint")],
+    responses=problem_responses(401, 403, 422, 429),
 )
 
 
@@ -28,6 +28,7 @@ router = APIRouter(
 def mint_user_token(
     user_id: UserPath, authenticator: Annotated[Authenticator, Depends(get_authenticator)]
 ) -> UserTokenOut:
-    """The token that opens this user's inbox and stream. Needs an admin API key. The same
-    user always gets the same token (until the secret is rotated); nothing is stored."""
+    """The token that opens this user's inbox and stream. Needs an API key with the
+    ``tokens:mint`` scope. The same user always gets the same token (until the secret is
+    rotated); nothing is stored."""
     return UserTokenOut(user_id=user_id, token=authenticator.token_for(user_id))
