@@ -8,6 +8,7 @@ from herald.cli import db, dev, digest, dlq, topics
 from herald.cli.demo import demo
 from herald.cli.publish import publish
 from herald.cli.run import run
+from herald.cli.status import status
 
 app = typer.Typer(
     help="Herald: event-driven notifications on Kafka and PostgreSQL.",
@@ -22,6 +23,7 @@ app.add_typer(digest.app, name="digest")
 app.command(name="run")(run)
 app.command(name="publish")(publish)
 app.command(name="demo")(demo)
+app.command(name="status")(status)
 
 if __name__ == "__main__":
     app()
