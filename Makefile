@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: help venv run demo test unit lint format bench chaos dev-up dev-down dev-status clean
+.PHONY: help venv run demo test unit lint format bench chaos deploy-check dev-up dev-down dev-status clean
 
 help:
 	@echo "make run        bring everything up, play the demo scenarios, serve until Ctrl-C"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench      throughput and latency of the pipeline; writes bench/results/latest.json"
 	@echo "make chaos      fault run on a private stack (kills, broker/PostgreSQL restarts, poison);"
 	@echo "                fails on any lost or duplicated delivery (CHAOS_ARGS=\"--events 600\")"
+	@echo "make deploy-check  check deploy/ (compose, Helm chart, Prometheus rules, dashboard) with real tools"
 	@echo "make dev-up     start the local stack (Kafka, PostgreSQL, SMTP sink, SMS stand-in)"
 	@echo "make dev-down   stop it"
 
@@ -56,6 +57,11 @@ bench: venv
 # stack; one copy of each service, then two. See tests/chaos/harness.py --help.
 chaos: venv
 	$(BIN)/python -m tests.chaos.harness $(CHAOS_ARGS)
+
+# compose, the Helm chart, Prometheus rules and the dashboard, each checked by its real tool
+# (installed under .local/tools the first time). See deploy/README.md.
+deploy-check: venv
+	bash deploy/check.sh
 
 dev-up: venv
 	$(BIN)/herald dev up
