@@ -22,12 +22,17 @@ from herald.devstack import stack
 from herald.settings import DatabaseSettings, KafkaSettings, Settings, get_settings
 from herald.topics import admin_client, create_topics, delete_topics
 from schemas import CATALOGUE, Catalogue
+from tests.containers import container_stack, selected_backend
 from tests.integration.pipeline import PIPELINE_SERVICES, Pipeline, free_port, wait_for
 from tests.integration.services import ServiceProcess, service_env, start_service
 
 
 @pytest.fixture(scope="session", autouse=True)
 def local_stack() -> Iterator[Settings]:
+    if selected_backend() == "testcontainers":  # HERALD_TESTCONTAINERS=1: tests/containers.py
+        with container_stack() as container_settings:
+            yield container_settings
+        return
     settings = get_settings()
     started = stack.up(settings, say=lambda line: None)
     try:
