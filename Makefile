@@ -36,6 +36,7 @@ demo: venv
 	$(BIN)/herald demo --up
 
 test: venv
+	bash deploy/tools/install-prometheus.sh
 	@if [ "$${HERALD_TESTCONTAINERS:-0}" = 1 ]; then $(BIN)/python -m pip install -q -e ".[dev,testcontainers]"; fi
 	$(BIN)/python -m pytest
 

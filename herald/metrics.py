@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,10 +137,18 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # scrapes every few seconds would drown the service's own log
 
 
-def serve_metrics(port: int) -> None:
+#: The interface the metrics server binds (``HERALD_METRICS_HOST``): loopback unless a pod's
+#: or container's address must be reachable by Prometheus and the kubelet. The port is
+#: unauthenticated (metrics, health): expose it only inside the cluster.
+METRICS_HOST_ENV = "HERALD_METRICS_HOST"
+
+
+def serve_metrics(port: int, host: str | None = None) -> None:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` (503 while :data:`HEALTH` has a
-    problem) on 127.0.0.1:``port`` (0 disables) from a background thread."""
+    problem) on ``host``:``port`` (0 disables) from a background thread. ``host`` defaults to
+    ``HERALD_METRICS_HOST``, else 127.0.0.1."""
     if port:
-        server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+        host = host or os.environ.get(METRICS_HOST_ENV) or "127.0.0.1"
+        server = ThreadingHTTPServer((host, port), _Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()

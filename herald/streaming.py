@@ -65,6 +65,16 @@ PRODUCE_RETRIES = Counter(
     "Batches whose output Kafka did not acknowledge, produced again after a pause",
     ["service"],
 )
+RETRIES = Counter(
+    "herald_retries_total",
+    "Failed records passed to a retry tier (tier 1, 2, 3: <topic>.retry-<tier>)",
+    ["service", "tier"],
+)
+DEAD_LETTERS = Counter(
+    "herald_dead_letters_total",
+    "Records parked on a dead-letter topic",
+    ["service", "topic"],
+)
 
 
 def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
@@ -476,6 +486,12 @@ class BatchLoop:
             records = [message for message in records if id(message) not in gone]
         if not self.publish(outgoing):
             return len(records)  # stopped before Kafka acknowledged it: not committed
+        for record in outgoing:
+            if record.dlq_topic is not None:
+                if record.dead_letter:
+                    DEAD_LETTERS.labels(self.service, record.topic).inc()
+                else:
+                    RETRIES.labels(self.service, record.topic.rpartition(".retry-")[2]).inc()
         # Explicit offsets: a rewound partition must not commit past its deferred record.
         self._commit(commit_offsets(records, deferrals))
         PROCESSING_SECONDS.labels(self.service).observe(time.perf_counter() - started)

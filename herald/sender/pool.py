@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 RATE_LIMITED = Counter(
     "herald_sender_rate_limited_seconds_total",
@@ -36,6 +36,13 @@ CONCURRENCY = Gauge(
     "herald_sender_concurrency",
     "The most sends this sender keeps in flight",
     ["channel"],
+)
+PROVIDER_SECONDS = Histogram(
+    "herald_sender_provider_seconds",
+    "Time the provider took to answer one send (SMTP transaction, SMS API call), rate-limit "
+    "wait excluded; outcome ok or error",
+    ["channel", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
 
@@ -121,6 +128,9 @@ class SendPool:
         )
         RATE_LIMIT.labels(channel).set(self.limit.rate)
         CONCURRENCY.labels(channel).set(concurrency)
+        RATE_LIMITED.labels(channel)
+        for outcome in ("ok", "error"):
+            PROVIDER_SECONDS.labels(channel, outcome)
 
     def submit(self, request: Mapping[str, Any]) -> Future[str]:
         """Start sending ``request``; the future holds the provider id or the exception."""
@@ -137,7 +147,14 @@ class SendPool:
         waited = self.limit.acquire()
         if waited:
             RATE_LIMITED.labels(self.channel).inc(waited)
-        return self.send(request)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            provider_id = self.send(request)
+            outcome = "ok"
+            return provider_id
+        finally:
+            PROVIDER_SECONDS.labels(self.channel, outcome).observe(time.perf_counter() - started)
 
     def close(self) -> None:
         """Wait for the sends in flight, then stop the threads."""

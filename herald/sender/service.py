@@ -11,12 +11,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from herald.db import make_engine
+from herald.observability import DELIVERY_LATENCY, KafkaMetrics, dlq_topics_of
 from herald.sender.breaker import Breaker
-from herald.sender.handler import SenderHandler, SenderRoutes
+from herald.sender.handler import CIRCUIT_TRIPS, SenderHandler, SenderRoutes
 from herald.sender.journal import JournalStopped, PostgresJournal, SendJournal
 from herald.sender.pool import SendFunction, SendPool, TokenBucket
 from herald.settings import KafkaSettings, Settings
-from herald.streaming import BatchLoop, header_not_before
+from herald.streaming import DEAD_LETTERS, RETRIES, BatchLoop, header_not_before
 from schemas import CATALOGUE, Catalogue
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,12 @@ def run_sender(
     becomes the loop's stop event.
     """
     routes = SenderRoutes.for_channel(catalogue, channel)
+    # Every series an operator graphs exists from the start, at 0 (not only after a failure).
+    for tier in routes.retry_topics:
+        RETRIES.labels(service, tier.rpartition(".retry-")[2])
+    DEAD_LETTERS.labels(service, routes.dlq_topic)
+    CIRCUIT_TRIPS.labels(channel)
+    DELIVERY_LATENCY.labels(channel, "sent")
     pool = SendPool(
         send, channel=channel, concurrency=concurrency, limit=TokenBucket(max_per_second)
     )
@@ -142,12 +149,22 @@ def serve_channel(
     engine = make_engine(settings.database, pool_size=1, max_overflow=1)
     stop = threading.Event()
     journal = PostgresJournal(engine, service=service, stop=stop)
+    catalogue = CATALOGUE.with_prefix(settings.kafka.topic_prefix)
+    # herald_consumer_lag and herald_dlq_depth of this sender's group and DLQ, when served.
+    topics = SenderRoutes.for_channel(catalogue, channel).topics
+    kafka_metrics = KafkaMetrics.start_for(
+        settings.kafka,
+        group=f"{settings.kafka.topic_prefix}{service}",
+        topics=topics,
+        dlq_topics=dlq_topics_of(catalogue, topics),
+        enabled=own.metrics_port != 0,
+    )
     try:
         return run_sender(
             service=service,
             channel=channel,
             send=send,
-            catalogue=CATALOGUE.with_prefix(settings.kafka.topic_prefix),
+            catalogue=catalogue,
             kafka=settings.kafka,
             journal=journal,
             batch_size=own.batch_size,
@@ -159,6 +176,8 @@ def serve_channel(
             stop=stop,
         )
     finally:
+        if kafka_metrics is not None:
+            kafka_metrics.stop()
         close()
         journal.close()
         engine.dispose()

@@ -29,6 +29,7 @@ from confluent_kafka import Message
 
 from herald.errors import ProcessingError
 from herald.headers import H_WRITTEN_BY, HEADERS_INVALID, header_problems
+from herald.observability import published_at
 from herald.sender import attempt_of
 from herald.serde import SerdeError, decode
 from herald.status import status_event, status_outgoing
@@ -68,6 +69,8 @@ class BatchPlan:
     invalid: list[InvalidMessage] = field(default_factory=list)
     #: In-app deliveries this batch completes.
     delivered: int = 0
+    #: When the events of those deliveries were published (``x-published-at``, where known).
+    published: list[float] = field(default_factory=list)
     #: This service's own status events read back (their rows were written with them).
     echoes: int = 0
     #: Consecutive invalid records at the end of the batch (including those carried in).
@@ -140,6 +143,9 @@ def plan_batch(
                     _deliver_inapp(plan.rows, request, catalogue, attempt_of(message), delivered_at)
                 )
                 plan.delivered += 1
+                when = published_at(message.headers())
+                if when is not None:
+                    plan.published.append(when)
             else:
                 raise InvalidRecord(
                     f"inapp_store does not read topic {topic!r}", error_class="record.unknown_topic"

@@ -39,6 +39,12 @@ from prometheus_client import Counter, Histogram
 from herald.db import search_path_options
 from herald.logs import configure
 from herald.metrics import DELIVERIES, ERRORS, HEALTH, serve_metrics
+from herald.observability import (
+    DELIVERY_LATENCY,
+    KafkaMetrics,
+    dlq_topics_of,
+    observe_published,
+)
 from herald.settings import DatabaseSettings, Settings, get_settings
 from herald.streaming import BatchLoop, Outgoing
 from schemas import CATALOGUE, Catalogue
@@ -145,6 +151,7 @@ class InappStore:
         self.catalogue = catalogue or CATALOGUE.with_prefix(settings.kafka.topic_prefix)
         self.db = Database(settings.database)
         self.invalid_streak = 0
+        DELIVERY_LATENCY.labels(INAPP, "delivered")  # graphed from the start, not the first one
         self.loop = BatchLoop(
             service=SERVICE,
             kafka=settings.kafka,
@@ -186,6 +193,7 @@ class InappStore:
         self.invalid_streak = plan.invalid_streak
         if plan.delivered:
             DELIVERIES.labels(INAPP, "delivered").inc(plan.delivered)
+            observe_published(INAPP, "delivered", plan.published)
         return plan.outgoing
 
     def _handle_one_by_one(self, messages: list[Message]) -> list[Outgoing]:
@@ -214,6 +222,7 @@ class InappStore:
             self.invalid_streak = plan.invalid_streak
             if plan.delivered:
                 DELIVERIES.labels(INAPP, "delivered").inc(plan.delivered)
+                observe_published(INAPP, "delivered", plan.published)
             outgoing.extend(plan.outgoing)
         return outgoing
 
@@ -287,6 +296,14 @@ def main() -> None:
     settings = get_settings()
     store = InappStore(settings, config)
     serve_metrics(config.metrics_port)
+    # herald_consumer_lag and herald_dlq_depth of this service's group and DLQs, when served.
+    KafkaMetrics.start_for(
+        settings.kafka,
+        group=settings.kafka.topic_prefix + SERVICE,
+        topics=store.loop.topics,
+        dlq_topics=dlq_topics_of(store.catalogue, store.loop.topics),
+        enabled=config.metrics_port != 0,
+    )
     log.info(
         "inapp_store starting",
         extra={

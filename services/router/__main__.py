@@ -15,6 +15,7 @@ from faust.worker import Worker
 
 from herald.logs import configure
 from herald.metrics import serve_metrics
+from herald.observability import KafkaMetrics, dlq_topics_of
 from herald.topics import create_declared_topics
 
 
@@ -43,6 +44,16 @@ def main() -> None:
     # /healthz, /readyz (false while an agent has crashed or the broker refuses records) and
     # /metrics, on the metrics port.
     serve_metrics(router_settings.metrics_port)
+    # herald_consumer_lag of the two routed topics (the group Faust joins is the app id) and
+    # herald_dlq_depth of the events DLQ, when served.
+    routed = [router.catalogue.events.name, router.catalogue.recipients.name]
+    KafkaMetrics.start_for(
+        router.settings.kafka,
+        group=app.conf.id,
+        topics=routed,
+        dlq_topics=dlq_topics_of(router.catalogue, routed),
+        enabled=router_settings.metrics_port != 0,
+    )
     owns_data_dir = router_settings.data_dir is None and not data_dir.exists()
     worker = Worker(
         app,

@@ -77,6 +77,8 @@ def build(
     app.task(serve_outputs)
 
     gap_reader = GapReader(runtime.router.settings.kafka, f"{app.conf.id}-gaps")
+    for topic in (runtime.router.events_topic.get_topic_name(), recipients):
+        REPAIRED.labels(topic)  # exported at 0 from the start
 
     async def route_gap_record(message: Message) -> None:
         REPAIRED.labels(message.topic).inc()

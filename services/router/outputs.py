@@ -30,6 +30,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from herald.errors import PermanentError
 from herald.metrics import ERRORS, Backoff, Health
+from herald.observability import H_PUBLISHED_AT, publication_header
 from herald.producer import TOO_LARGE, AckedProducer, RecordTooLarge
 from herald.streaming import Outgoing
 from services.router.ledger import Ledger
@@ -94,6 +95,12 @@ class Outputs:
             self.ledger.finished(message.tp, message.offset)
             return
         pending = _Pending(message, len(outgoing))
+        # When the event was published, for herald_delivery_latency_seconds downstream.
+        stamp = publication_header(message)
+        if stamp is not None:
+            for record in outgoing:
+                if all(name != H_PUBLISHED_AT for name, _ in record.headers):
+                    record.headers = [*record.headers, stamp]
         producer = self.producer
         if not self.fit(outgoing):
             largest = max(outgoing, key=producer.size)

@@ -122,17 +122,19 @@ def pipeline(
     example producer (Herald's public contract), not Herald's own serde.
     """
     ingest_port, read_port = free_port(), free_port()
+    metrics_ports_off = {
+        "ROUTER_METRICS_PORT": "0",
+        "EMAIL_SENDER_METRICS_PORT": "0",
+        "SMS_SENDER_METRICS_PORT": "0",
+        "INAPP_STORE_METRICS_PORT": "0",
+        "INGEST_METRICS_PORT": "0",
+    }
     env = service_env(
         kafka_settings,
         db_settings,
         HERALD_INGEST_PORT=str(ingest_port),
         HERALD_READ_API_PORT=str(read_port),
-        ROUTER_METRICS_PORT="0",
-        EMAIL_SENDER_METRICS_PORT="0",
-        SMS_SENDER_METRICS_PORT="0",
-        INAPP_STORE_METRICS_PORT="0",
-        INGEST_METRICS_PORT="0",
-        **pipeline_env,
+        **{**metrics_ports_off, **pipeline_env},  # pipeline_env may give them ports
     )
     for module in PIPELINE_SERVICES:
         run_service(module, env)
