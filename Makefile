@@ -37,6 +37,8 @@ demo: venv
 
 test: venv
 	bash deploy/tools/install-prometheus.sh
+	bash deploy/tools/install-chromium.sh
+	bash tests/browser/install.sh
 	@if [ "$${HERALD_TESTCONTAINERS:-0}" = 1 ]; then $(BIN)/python -m pip install -q -e ".[dev,testcontainers]"; fi
 	$(BIN)/python -m pytest
 

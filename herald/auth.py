@@ -23,6 +23,13 @@ Two kinds of credentials, both checked in constant time:
   ``X-User-Token: <token>`` (or ``?token=<token>`` on the real-time stream, because a
   browser's ``EventSource`` cannot send headers). A token opens exactly one user's data. It
   does not expire: rotating the secret revokes every token at once.
+- **Session tokens**, for browsers: ``hs1.<base64url(JSON {"sub", "exp", "iat"})>.<base64url(
+  HMAC-SHA256 of what precedes the last dot)>``, signed with the first of
+  ``HERALD_SESSION_SECRETS`` (comma-separated; every one verifies, for rotation; default: the
+  user-token secret) and valid ``HERALD_SESSION_TTL_S`` seconds (default 3600). The read API's
+  ``POST /v1/users/{user_id}/session`` exchanges a user token (or a ``tokens:mint`` key) for
+  one. Accepted wherever a user token is; expired: ``401`` with problem type
+  ``urn:herald:problem:session-expired``; a bad signature is ``403`` like a forged user token.
 
 Mint a token from a shell (the secret comes from ``HERALD_USER_TOKEN_SECRET``)::
 
@@ -59,12 +66,16 @@ an empty bucket is ``429`` with ``Retry-After``.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal, get_args
@@ -93,6 +104,15 @@ LOCAL_ADMIN_API_KEY: Final = "herald-local-admin-key"
 LOCAL_USER_TOKEN_SECRET: Final = "herald-local-user-token-secret"
 #: Shortest admin key and token secret accepted: guessing must stay out of reach.
 MIN_SECRET_LENGTH: Final = 16
+
+#: Default life of a session token (``HERALD_SESSION_TTL_S``).
+DEFAULT_SESSION_TTL_S: Final = 3600
+#: What every session token starts with (its format's version).
+SESSION_PREFIX: Final = "hs1."
+#: Longest session token looked at (a 255-character user id makes one of about 500).
+MAX_SESSION_TOKEN_LENGTH: Final = 2048
+#: The problem type of an expired session token.
+SESSION_EXPIRED_KIND: Final = "session-expired"
 
 #: Longest user id accepted in a user path: the one id limit of herald.identity.
 MAX_USER_ID_LENGTH: Final = MAX_ID_LENGTH
@@ -171,6 +191,12 @@ class AuthSettings(BaseSettings):
     #: ``local``: a developer's machine (the well-known local credentials are allowed on any
     #: interface); ``production``: never allowed; unset: allowed on loopback only.
     env: Literal["local", "production"] | None = None
+    #: Comma-separated secrets session tokens are signed with: the first signs, every one
+    #: verifies (rotation: put the new one first, drop the old one after the longest session
+    #: has expired); each at least 16 characters. Unset: the user-token secret.
+    session_secrets: SecretStr | None = None
+    #: Longest life of a session token, in seconds (one minute to one day).
+    session_ttl_s: int = Field(default=DEFAULT_SESSION_TTL_S, ge=60, le=86_400)
     #: Failed authentications allowed per client address at once, then at the rate below.
     auth_failure_burst: int = Field(default=20, ge=1, le=100_000)
     #: Failed authentications per minute per client address after the burst (0: no limit).
@@ -192,6 +218,29 @@ class AuthSettings(BaseSettings):
             )
         return value
 
+    @field_validator("session_secrets")
+    @classmethod
+    def _session_secrets_valid(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secrets = split_keys(value.get_secret_value())
+        if not secrets:
+            raise ValueError("HERALD_SESSION_SECRETS is empty; leave it unset for the default")
+        for n, secret in enumerate(secrets, 1):
+            if len(secret) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"HERALD_SESSION_SECRETS: secret #{n} is shorter than {MIN_SECRET_LENGTH} "
+                    f"characters (make one with {GENERATE_HINT})"
+                )
+        return value
+
+    @property
+    def session_secret_list(self) -> tuple[str, ...]:
+        """The secrets session tokens are signed (the first) and verified (every one) with."""
+        if self.session_secrets is None:
+            return (self.user_token_secret.get_secret_value(),)
+        return split_keys(self.session_secrets.get_secret_value())
+
     @property
     def api_keys(self) -> tuple[ApiKey, ...]:
         """The API keys with their scopes, in the order given."""
@@ -210,6 +259,10 @@ class AuthSettings(BaseSettings):
             names.append("HERALD_ADMIN_API_KEYS")
         if self.user_token_secret.get_secret_value() == LOCAL_USER_TOKEN_SECRET:
             names.append("HERALD_USER_TOKEN_SECRET")
+        if self.session_secrets is not None and (
+            LOCAL_USER_TOKEN_SECRET in self.session_secret_list
+        ):
+            names.append("HERALD_SESSION_SECRETS")
         return names
 
     @property
@@ -296,6 +349,99 @@ def verify_user_token(user_id: str, token: str, secret: str | bytes) -> bool:
     return constant_time_equals(token.strip().lower(), user_token(user_id, secret))
 
 
+class SessionInvalid(ValueError):
+    """A session token that is not one of ours: malformed, or signed with no secret in use."""
+
+
+class SessionExpired(ValueError):
+    """A session token with a good signature whose expiry has passed."""
+
+
+@dataclass(frozen=True)
+class SessionClaims:
+    """What a verified session token says: whose it is, and when it was issued and expires
+    (Unix seconds)."""
+
+    user_id: str
+    issued_at: int
+    expires_at: int
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    if not text or not set(text) <= _B64URL:
+        raise SessionInvalid("not base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise SessionInvalid("not base64url") from exc
+
+
+_B64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _session_signature(signed: str, secret: str | bytes) -> bytes:
+    return hmac.new(_bytes(secret), signed.encode("ascii"), hashlib.sha256).digest()
+
+
+def is_session_token(token: str) -> bool:
+    """Whether ``token`` has the session token's form (as opposed to a user token)."""
+    return token.strip().startswith(SESSION_PREFIX)
+
+
+def session_token(
+    user_id: str, secret: str | bytes, ttl_s: int, *, now: float | None = None
+) -> tuple[str, int]:
+    """A session token for ``user_id`` valid for ``ttl_s`` seconds from ``now``, and its
+    expiry (Unix seconds): ``hs1.<base64url(JSON claims)>.<base64url(HMAC-SHA256)>``, the
+    HMAC taken over everything before the last dot."""
+    issued = int(time.time() if now is None else now)
+    expires = issued + int(ttl_s)
+    claims = {"sub": user_id, "exp": expires, "iat": issued}
+    payload = json.dumps(claims, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    signed = SESSION_PREFIX + _b64encode(payload.encode("utf-8"))
+    return f"{signed}.{_b64encode(_session_signature(signed, secret))}", expires
+
+
+def verify_session_token(
+    token: str, secrets: Sequence[str | bytes], *, now: float | None = None
+) -> SessionClaims:
+    """The session ``token`` carries if one of ``secrets`` signed it: :class:`SessionInvalid`
+    for a malformed or forged token, :class:`SessionExpired` for one signed right but past
+    its expiry. Every secret is tried (no early exit)."""
+    token = token.strip()
+    if len(token) > MAX_SESSION_TOKEN_LENGTH or not token.startswith(SESSION_PREFIX):
+        raise SessionInvalid("not a session token")
+    signed, dot, signature_text = token.rpartition(".")
+    if not dot or signed.count(".") != 1:
+        raise SessionInvalid("not a session token")
+    signature = _b64decode(signature_text)
+    good = False
+    for secret in secrets:
+        if hmac.compare_digest(signature, _session_signature(signed, secret)):
+            good = True
+    if not good:
+        raise SessionInvalid("the signature does not match")
+    try:
+        claims = json.loads(_b64decode(signed[len(SESSION_PREFIX) :]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SessionInvalid("the claims are not JSON") from exc
+    if not isinstance(claims, dict):
+        raise SessionInvalid("the claims are not an object")
+    sub, exp, iat = claims.get("sub"), claims.get("exp"), claims.get("iat")
+    if not isinstance(sub, str) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in (exp, iat)
+    ):
+        raise SessionInvalid("the claims lack sub, exp or iat")
+    assert isinstance(exp, int) and isinstance(iat, int)
+    if (time.time() if now is None else now) >= exp:
+        raise SessionExpired(f"the session expired at {exp}")
+    return SessionClaims(sub, iat, exp)
+
+
 def matching_admin_key(given: str, keys: Sequence[str]) -> str | None:
     """The admin key equal to ``given``, or None. Every key is compared (no early exit), so
     the time taken says nothing about which key came close."""
@@ -321,6 +467,13 @@ class Principal:
     subject: str
     #: What a key may do (a user token opens its own user's data, and has no scopes).
     scopes: frozenset[str] = frozenset()
+    #: For a user who came with a session token: when it expires (Unix seconds).
+    session_expires_at: int | None = None
+
+    @property
+    def is_session(self) -> bool:
+        """Whether this user came with a session token (not their long-lived token)."""
+        return self.session_expires_at is not None
 
     @property
     def is_key(self) -> bool:
@@ -363,6 +516,18 @@ def _forbidden() -> Problem:
     )
 
 
+def _session_expired() -> Problem:
+    # Not a failed attempt: the token was ours; the client should fetch a new one.
+    return Problem(
+        401,
+        "Session expired",
+        "the session token has expired; ask the application's backend for a new one "
+        "(POST /v1/users/{user_id}/session)",
+        kind=SESSION_EXPIRED_KIND,
+        headers={"WWW-Authenticate": 'Bearer realm="herald", error="invalid_token"'},
+    )
+
+
 def _insufficient_scope(missing: Sequence[str]) -> Problem:
     return Problem(
         403,
@@ -387,6 +552,7 @@ class Authenticator:
         self.settings = settings
         self._keys = {key.secret: key for key in settings.api_keys}
         self._secret = settings.user_token_secret.get_secret_value()
+        self._session_secrets = settings.session_secret_list
         self.limiter = limiter
         self.failures = failures if failures is not None else settings.failure_limiter()
 
@@ -425,6 +591,16 @@ class Authenticator:
                 f"send the user's token as {USER_TOKEN_HEADER}: <token> "
                 f"(or an API key as {API_KEY_HEADER})"
             )
+        if is_session_token(token):
+            try:
+                session = verify_session_token(token, self._session_secrets)
+            except SessionExpired:
+                raise _session_expired() from None
+            except SessionInvalid:
+                raise _forbidden() from None
+            if not constant_time_equals(session.user_id, user_id):
+                raise _forbidden()
+            return Principal("user", user_id, session_expires_at=session.expires_at)
         if not verify_user_token(user_id, token, self._secret):
             raise _forbidden()
         return Principal("user", user_id)
@@ -432,6 +608,16 @@ class Authenticator:
     def token_for(self, user_id: str) -> str:
         """``user_id``'s token under this authenticator's secret."""
         return user_token(user_id, self._secret)
+
+    def session_for(self, user_id: str, ttl_s: int | None = None) -> tuple[str, int]:
+        """A new session token for ``user_id``, signed with the first session secret, valid
+        for ``ttl_s`` seconds (default and ceiling: ``HERALD_SESSION_TTL_S``); and its expiry
+        (Unix seconds)."""
+        longest = self.settings.session_ttl_s
+        ttl = longest if ttl_s is None else ttl_s
+        if not 1 <= ttl <= longest:
+            raise ValueError(f"a session lasts 1 to {longest} seconds, not {ttl}")
+        return session_token(user_id, self._session_secrets[0], ttl)
 
     def authenticate(self, client: str, attempt: Callable[[], Principal]) -> Principal:
         """Run ``attempt`` (a credential check) for a request from address ``client``: ``429``
@@ -528,14 +714,16 @@ _bearer = HTTPBearer(
 _user_token_header = APIKeyHeader(
     name=USER_TOKEN_HEADER,
     scheme_name="UserToken",
-    description="The user's token: hex(HMAC-SHA256(HERALD_USER_TOKEN_SECRET, user_id)); "
-    "opens that user's own data whatever the scopes listed.",
+    description="The user's token: hex(HMAC-SHA256(HERALD_USER_TOKEN_SECRET, user_id)), or a "
+    "session token (hs1.…, POST /v1/users/{user_id}/session) until it expires; opens that "
+    "user's own data whatever the scopes listed.",
     auto_error=False,
 )
 _user_token_query = APIKeyQuery(
     name=TOKEN_QUERY,
     scheme_name="UserTokenQuery",
-    description="The user's token in the query, for EventSource clients that cannot send headers.",
+    description="The user's token or session token in the query, for EventSource clients that "
+    "cannot send headers.",
     auto_error=False,
 )
 
@@ -684,14 +872,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="print the token of each user (send it as X-User-Token, or ?token= on /stream)",
     )
     mint.add_argument("user_ids", nargs="+", metavar="USER_ID")
+    session = commands.add_parser(
+        "session-token",
+        help="print a session token for each user (HERALD_SESSION_SECRETS, HERALD_SESSION_TTL_S)",
+    )
+    session.add_argument("user_ids", nargs="+", metavar="USER_ID")
+    session.add_argument("--ttl", type=int, default=None, help="seconds (default: the TTL)")
     args = parser.parse_args(argv)
-    secret = AuthSettings().user_token_secret.get_secret_value()
+    settings = AuthSettings()
+    authenticator = Authenticator(settings)
     for user_id in args.user_ids:
         try:
             check_user_id(user_id)
+            if args.command == "session-token":
+                token, _ = authenticator.session_for(user_id, args.ttl)
+            else:
+                token = user_token(user_id, settings.user_token_secret.get_secret_value())
         except ValueError as exc:
             parser.error(f"{user_id!r}: {exc}")
-        token = user_token(user_id, secret)
         print(token if len(args.user_ids) == 1 else f"{user_id}\t{token}")
     return 0
 

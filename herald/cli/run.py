@@ -11,7 +11,9 @@ from __future__ import annotations
 import signal
 import threading
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
+import httpx
 import typer
 
 from herald import demo as scenarios
@@ -28,6 +30,11 @@ from herald.supervisor import (
     wait_until_answers,
 )
 from herald.topics import create_topics
+
+#: The demo user the web inbox's demo page shows (created at start-up, with an email address
+#: and a phone number at the local sinks, like the demo scenarios' users).
+DEMO_PAGE_USER = "ada-demo"
+DEMO_PAGE_PHONE = "+15550100001"
 
 #: How long services get to answer after start (the first start compiles nothing, but
 #: Kafka group joins and table recovery take a few seconds).
@@ -49,6 +56,34 @@ def _urls(settings: Settings) -> dict[str, str]:
         "ingest": f"http://127.0.0.1:{settings.local.ingest_port}",
         "read API": f"http://127.0.0.1:{settings.local.read_api_port}",
     }
+
+
+def demo_page_url(settings: Settings, user: str = DEMO_PAGE_USER) -> str:
+    """The demo page of the web inbox (``/ui/demo``) for ``user``."""
+    return f"http://127.0.0.1:{settings.local.read_api_port}/ui/demo?user={quote(user, safe='')}"
+
+
+def prepare_demo_page(settings: Settings) -> str | None:
+    """Seed the default event types and create (PUT, idempotent) the demo page's user; the
+    page's URL, or None (with the reason printed) if the ingest API refused."""
+    system = scenarios.System.connect(settings, timeout=30.0)
+    try:
+        system.seed()
+        response = system.api.put(
+            f"/v1/users/{DEMO_PAGE_USER}",
+            json={
+                "email": f"{DEMO_PAGE_USER}@example.test",
+                "phone": DEMO_PAGE_PHONE,
+                "display_name": "Ada",
+            },
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        typer.secho(f"web inbox demo: could not create its user: {exc}", fg="red", err=True)
+        return None
+    finally:
+        system.close()
+    return demo_page_url(settings)
 
 
 def bring_up(
@@ -143,6 +178,11 @@ def run(
             typer.echo(f"  {part.name:<9} {part.address:<40} {part.detail}")
         for name, url in _urls(settings).items():
             typer.echo(f"  {name:<9} {url}/docs")
+        page = prepare_demo_page(settings) if services and not stop.is_set() else None
+        if page is not None:
+            typer.secho(
+                f"Web inbox demo (open it in a browser): {page}", fg=typer.colors.GREEN, bold=True
+            )
         if not stop.is_set():
             typer.echo("Herald is serving. Press Ctrl-C to stop.")
         while not stop.wait(1.0):

@@ -21,7 +21,16 @@ from herald.webapi import (
     install_metrics,
     install_problem_handlers,
 )
-from services.inapp_store.api import health, inbox, notifications, stream, tokens
+from services.inapp_store.api import (
+    health,
+    inbox,
+    notifications,
+    preferences,
+    sessions,
+    stream,
+    tokens,
+    ui,
+)
 from services.inapp_store.api.broker import FetchNotifications, InboxBroker
 from services.inapp_store.api.models import NotificationOut
 from services.inapp_store.api.queries import notifications_by_id
@@ -41,9 +50,13 @@ notification's delivery status per channel with its attempt history, and a real-
   `token = hex(HMAC-SHA256(HERALD_USER_TOKEN_SECRET, user_id))`: the product's backend computes
   it (`python -m herald.auth user-token USER_ID`, or `POST /v1/users/{user_id}/token` with an
   admin key) and hands it to the signed-in user; or
+* a session token (`hs1.…`) from `POST /v1/users/{user_id}/session`, sent the same way: it
+  opens the same user's data until it expires (`401` with problem type
+  `urn:herald:problem:session-expired` after that); or
 * an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`, from
   `HERALD_ADMIN_API_KEYS`) with the scope the operation lists: `inbox:read` to read,
-  `inbox:write` to change read or archive state, `tokens:mint` to mint user tokens.
+  `inbox:write` to change read or archive state, `tokens:mint` to mint user tokens and
+  session tokens, `admin` to change another user's preferences.
 
 Missing or unknown credentials are `401`; a token for another user, or a key without the
 scope, is `403`; a notification id that is not the user's is `404`. None of these depends on
@@ -58,6 +71,8 @@ TAGS = [
     {"name": "inbox", "description": "A user's notifications, unread count, mark all read."},
     {"name": "notifications", "description": "One notification: deliveries, read, archive."},
     {"name": "stream", "description": "Real-time inbox events (Server-Sent Events)."},
+    {"name": "preferences", "description": "The user's own notification preferences."},
+    {"name": "sessions", "description": "Short-lived session tokens for browsers."},
     {"name": "admin", "description": "Needs an admin API key."},
     {"name": "health", "description": "Liveness and readiness."},
 ]
@@ -107,6 +122,7 @@ def create_app(
             yield
         finally:
             await broker.stop()
+            await app.state.preferences_publisher.aclose()
             engine.dispose()
 
     app = FastAPI(
@@ -121,6 +137,7 @@ def create_app(
     app.state.read_api_settings = config
     app.state.schema = settings.database.database_schema
     app.state.readiness = ReadinessCache(SERVICE)
+    preferences.install_preferences(app, settings.kafka, config.publish_timeout_s)
     install_problem_handlers(app)
     install_database_problem_handler(app)
     install_auth(
@@ -137,4 +154,7 @@ def create_app(
     app.include_router(notifications.router)
     app.include_router(stream.router)
     app.include_router(tokens.router)
+    app.include_router(sessions.router)
+    app.include_router(preferences.router)
+    ui.install(app, settings, config.host, auth)  # /ui: the web components and the demo
     return app

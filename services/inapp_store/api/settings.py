@@ -2,7 +2,9 @@
 
 Where PostgreSQL is comes from the shared settings (``DATABASE_URL``, ``DATABASE_SCHEMA``), the
 port from ``HERALD_READ_API_PORT``, credentials from :class:`herald.auth.AuthSettings`
-(``HERALD_ADMIN_API_KEYS``, ``HERALD_USER_TOKEN_SECRET``). This class holds what is the API's own.
+(``HERALD_ADMIN_API_KEYS``, ``HERALD_USER_TOKEN_SECRET``, ``HERALD_SESSION_SECRETS``,
+``HERALD_SESSION_TTL_S``); Kafka (for preference changes) from ``KAFKA_*``. This class holds
+what is the API's own.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class ReadApiSettings(BaseSettings):
     stream_queue_size: int = Field(default=256, ge=1, le=100_000)
     #: How long /readyz waits for PostgreSQL.
     ready_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    #: How long a preferences change waits for Kafka's acknowledgement before answering 503.
+    publish_timeout_s: float = Field(default=10.0, gt=0, le=120)
     #: Database connections kept per process (requests beyond wait for one).
     db_pool_size: int = Field(default=10, ge=1, le=200)
     #: A separate Prometheus port (0: none; /metrics on the API port always works).

@@ -8,7 +8,9 @@ Open it with ``new EventSource("/v1/users/user-42/stream?token=<user token>")`` 
 - ``notification.archived`` / ``notification.unarchived``: ``{"id", "archived_at"}``;
 - ``notifications.read_all``: ``{"read_at", "count"}``;
 - ``resync``: ``{"reason"}``: events may have been missed (the server's connection to the
-  database was restored, or the client read too slowly); refetch the inbox and unread count.
+  database was restored, or the client read too slowly); refetch the inbox and unread count;
+- ``session.expired``: ``{"reason"}``: the session token the stream was opened with expired;
+  the stream ends (get a new session token, then reconnect).
 
 Comment lines (``: heartbeat``) keep idle connections open through proxies. Every API process
 pushes to its own streams what any process (or the sink) changed, within about a second of
@@ -17,6 +19,7 @@ the commit (PostgreSQL ``LISTEN``/``NOTIFY``; see :mod:`services.inapp_store.api
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Annotated
 
@@ -89,22 +92,38 @@ async def _subscription(
     summary="Real-time inbox events (Server-Sent Events)",
 )
 async def stream(
-    subscription: Annotated[Subscription, Depends(_subscription)], config: Config
+    subscription: Annotated[Subscription, Depends(_subscription)],
+    config: Config,
+    caller: StreamCaller,
 ) -> AsyncIterable[ServerSentEvent]:
     """New notifications and read-state changes of the user, as they happen.
 
     Authenticate with ``?token=`` (EventSource cannot send headers), ``X-User-Token``, or an
     admin key. Event names: ``notification.created``, ``notification.read``,
     ``notification.unread``, ``notification.archived``, ``notification.unarchived``,
-    ``notifications.read_all``, ``resync`` (refetch: events may have been missed).
+    ``notifications.read_all``, ``resync`` (refetch: events may have been missed). Opened
+    with a session token, the stream ends when the session expires, after a
+    ``session.expired`` event (reconnecting with the same token is ``401``).
     """
     # Sent once subscribed: a client knows from it that no later event will be missed.
     yield ServerSentEvent(comment="connected", retry=RECONNECT_MS)
+    expires = caller.session_expires_at
     while True:
-        event = await subscription.next(config.stream_heartbeat_s)
+        wait = config.stream_heartbeat_s
+        if expires is not None:
+            left = expires - time.time()
+            if left <= 0:
+                yield ServerSentEvent(
+                    event="session.expired", data={"reason": "the session token has expired"}
+                )
+                return
+            wait = min(wait, left)
+        event = await subscription.next(wait)
         if event is None:
             return
         if isinstance(event, Heartbeat):
+            if expires is not None and time.time() >= expires:
+                continue
             # Also how a closed connection is noticed: writing to it fails.
             yield ServerSentEvent(comment="heartbeat")
             continue
