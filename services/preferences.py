@@ -19,10 +19,10 @@ from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from sqlalchemy import Table, delete, literal_column, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from herald.db.models import EventType, NotificationPreference, UserAccount, UserEventPreference
+from herald.db.upsert import upsert
 from herald.serde import encode
 from herald.streaming import Outgoing
 from herald.webapi import Problem
@@ -350,20 +350,7 @@ def write_preferences(
                 "quiet_hours_start": _time(body.quiet_hours_start),
                 "quiet_hours_end": _time(body.quiet_hours_end),
             }
-            statement = insert(PREFERENCE).values(values)
-            row = (
-                session.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[PREFERENCE.c.user_id],
-                        set_={
-                            **{k: statement.excluded[k] for k in values if k != "user_id"},
-                            "updated_at": literal_column("now()"),
-                        },
-                    ).returning(*PREFERENCE.c)
-                )
-                .mappings()
-                .one()
-            )
+            row = session.execute(upsert(PREFERENCE, values, ["user_id"])).mappings().one()
             session.execute(
                 delete(EVENT_PREFERENCE).where(
                     EVENT_PREFERENCE.c.user_id == user_id,
@@ -415,25 +402,14 @@ def _upsert_overrides(
 ) -> list[Any]:
     if not overrides:
         return []
-    statement = insert(EVENT_PREFERENCE).values(
-        [
-            {
-                "user_id": user_id,
-                "event_type_code": code,
-                "enabled": choice.enabled,
-                "channels": choice.channels,
-            }
-            for code, choice in overrides.items()
-        ]
-    )
-    result = session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[EVENT_PREFERENCE.c.user_id, EVENT_PREFERENCE.c.event_type_code],
-            set_={
-                "enabled": statement.excluded.enabled,
-                "channels": statement.excluded.channels,
-                "updated_at": literal_column("now()"),
-            },
-        ).returning(*EVENT_PREFERENCE.c)
-    )
+    rows = [
+        {
+            "user_id": user_id,
+            "event_type_code": code,
+            "enabled": choice.enabled,
+            "channels": choice.channels,
+        }
+        for code, choice in overrides.items()
+    ]
+    result = session.execute(upsert(EVENT_PREFERENCE, rows, ["user_id", "event_type_code"]))
     return list(result.mappings())

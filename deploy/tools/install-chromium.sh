@@ -10,35 +10,12 @@ chromium=/usr/bin/chromium
 if [ -x "$chromium" ] && "$chromium" --version >/dev/null 2>&1; then
   exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install-chromium: no apt-get here; install Chromium by hand as $chromium" \
-    "(or the browser tests skip)" >&2
-  exit 1
-fi
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-  if ! command -v sudo >/dev/null 2>&1; then
-    echo "install-chromium: needs root (or sudo) for apt-get install chromium" >&2
-    exit 1
-  fi
-  sudo=(sudo)
-fi
-
-log=/tmp/install-chromium.log
-echo "install-chromium: apt-get install chromium (Debian package)"
-export DEBIAN_FRONTEND=noninteractive
-if ! "${sudo[@]}" apt-get install -y --no-install-recommends chromium >"$log" 2>&1; then
-  # A stale (or never fetched) package list: refresh it once and try again.
-  "${sudo[@]}" apt-get update -q >>"$log" 2>&1 || true
-  if ! "${sudo[@]}" apt-get install -y --no-install-recommends chromium >>"$log" 2>&1; then
-    tail -n 30 "$log" >&2
-    echo "install-chromium: apt-get install chromium failed (log above)" >&2
-    exit 1
-  fi
-fi
+# shellcheck source=deploy/tools/apt-install.sh
+. "$(dirname "$0")/apt-install.sh"
+apt_install install-chromium chromium
 
 "$chromium" --version >/dev/null 2>&1 || {
-  echo "install-chromium: $chromium does not run after the install (see $log)" >&2
+  echo "install-chromium: $chromium does not run after the install (see /tmp/install-chromium.log)" >&2
   exit 1
 }
 echo "install-chromium: $("$chromium" --version 2>&1 | head -n 1)"

@@ -10,45 +10,12 @@ set -euo pipefail
 if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
   exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install-prometheus: no apt-get here; install Prometheus 2.x (prometheus and promtool" \
-    "on PATH) by hand" >&2
-  exit 1
-fi
+# shellcheck source=deploy/tools/apt-install.sh
+. "$(dirname "$0")/apt-install.sh"
+apt_install install-prometheus prometheus
+
 sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-  if ! command -v sudo >/dev/null 2>&1; then
-    echo "install-prometheus: needs root (or sudo) for apt-get install prometheus" >&2
-    exit 1
-  fi
-  sudo=(sudo)
-fi
-
-policy=/usr/sbin/policy-rc.d
-made_policy=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\n# deploy/tools/install-prometheus.sh: install without starting\nexit 101\n' |
-    "${sudo[@]}" tee "$policy" >/dev/null
-  "${sudo[@]}" chmod 755 "$policy"
-  made_policy=1
-fi
-cleanup() {
-  if [ "$made_policy" = 1 ]; then "${sudo[@]}" rm -f "$policy"; fi
-}
-trap cleanup EXIT
-
-echo "install-prometheus: apt-get install prometheus (Debian package; promtool included)"
-export DEBIAN_FRONTEND=noninteractive
-if ! "${sudo[@]}" apt-get install -y --no-install-recommends prometheus >/tmp/install-prometheus.log 2>&1; then
-  # A stale package list: refresh it once and try again.
-  "${sudo[@]}" apt-get update -q >>/tmp/install-prometheus.log 2>&1 || true
-  if ! "${sudo[@]}" apt-get install -y --no-install-recommends prometheus \
-      >>/tmp/install-prometheus.log 2>&1; then
-    tail -n 30 /tmp/install-prometheus.log >&2
-    echo "install-prometheus: apt-get install prometheus failed (log above)" >&2
-    exit 1
-  fi
-fi
+if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
 
 # The packaged service must not stay running (it would hold :9090 and scrape nothing useful).
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then

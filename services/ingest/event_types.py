@@ -19,6 +19,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Session
 
 from herald.db.models import EventType
+from herald.db.upsert import upsert
 from herald.serde import encode
 from herald.streaming import Outgoing
 from herald.templates import generate_templates
@@ -348,18 +349,7 @@ def put_event_type(
         with session.begin():
             stored = _stored(session, code)
             values = event_type_values(code, body, stored["templates"] if stored else None)
-            statement = insert(EVENT_TYPE).values(values)
-            updates = {name: statement.excluded[name] for name in values if name != "code"}
-            row = (
-                session.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[EVENT_TYPE.c.code],
-                        set_={**updates, "updated_at": literal_column("now()")},
-                    ).returning(*EVENT_TYPE.c)
-                )
-                .mappings()
-                .one()
-            )
+            row = session.execute(upsert(EVENT_TYPE, values, ["code"])).mappings().one()
         publish_or_503(
             publisher,
             [_outgoing(topics, row)],

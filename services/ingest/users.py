@@ -14,11 +14,12 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Body, Depends, Response, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Table, literal_column, select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from herald.db.models import NotificationPreference, UserAccount
+from herald.db.upsert import upsert
 from herald.serde import encode
 from herald.streaming import Outgoing
 from herald.webapi import Problem, problem_responses
@@ -159,20 +160,7 @@ def put_user(
     with record_lock(session, "user", user_id):
         with session.begin():
             existed = _stored(session, user_id) is not None
-            statement = insert(USER).values(values)
-            row = (
-                session.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[USER.c.id],
-                        set_={
-                            **{k: statement.excluded[k] for k in values if k != "id"},
-                            "updated_at": literal_column("now()"),
-                        },
-                    ).returning(*USER.c)
-                )
-                .mappings()
-                .one()
-            )
+            row = session.execute(upsert(USER, values, ["id"])).mappings().one()
             # Default preferences unless the user has some; then the current preferences are
             # published with the user every time, so repeating a PUT that got 503 from Kafka
             # also completes the preferences it created.

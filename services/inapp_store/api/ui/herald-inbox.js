@@ -281,9 +281,42 @@ function element(tag, props = {}, ...children) {
   return node;
 }
 
+/**
+ * What both components share: the connection attributes (`api-url`, `user`, `token`) and one
+ * (re)load per burst of attribute changes (setting all three at once loads once).
+ * Subclasses implement `reload()`.
+ */
+export class HeraldElement extends HTMLElement {
+  #scheduled = false;
+
+  get apiUrl() {
+    return baseUrl(this.getAttribute("api-url"));
+  }
+
+  get user() {
+    return this.getAttribute("user") ?? "";
+  }
+
+  get token() {
+    return this.getAttribute("token") ?? "";
+  }
+
+  /** Call `reload()` once, after the current burst of changes, if still connected. */
+  scheduleReload() {
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    queueMicrotask(() => {
+      this.#scheduled = false;
+      if (this.isConnected) this.reload();
+    });
+  }
+
+  reload() {}
+}
+
 let instances = 0;
 
-export class HeraldInbox extends HTMLElement {
+export class HeraldInbox extends HeraldElement {
   static observedAttributes = ["api-url", "user", "token", "page-size", "open"];
 
   #items = new Map(); // id -> notification (the loaded ones)
@@ -302,7 +335,6 @@ export class HeraldInbox extends HTMLElement {
   #refreshing = null;
   #refreshAgain = false;
   #session = 0; // bumped on every (re)connect: answers of an older session are dropped
-  #scheduled = false;
   #ui;
 
   constructor() {
@@ -365,18 +397,6 @@ export class HeraldInbox extends HTMLElement {
 
   // --- attributes and life cycle -------------------------------------------------------
 
-  get apiUrl() {
-    return baseUrl(this.getAttribute("api-url"));
-  }
-
-  get user() {
-    return this.getAttribute("user") ?? "";
-  }
-
-  get token() {
-    return this.getAttribute("token") ?? "";
-  }
-
   get pageSize() {
     const size = Number.parseInt(this.getAttribute("page-size") ?? "", 10);
     return Number.isFinite(size) && size > 0 ? Math.min(size, MAX_PAGE_SIZE) : DEFAULT_PAGE_SIZE;
@@ -401,7 +421,7 @@ export class HeraldInbox extends HTMLElement {
   }
 
   connectedCallback() {
-    this.#schedule();
+    this.scheduleReload();
     this.#clock = setInterval(() => this.#renderTimes(), 30_000);
   }
 
@@ -415,21 +435,15 @@ export class HeraldInbox extends HTMLElement {
       this.#renderOpen();
       return;
     }
-    if (before !== after && this.isConnected) this.#schedule();
+    if (before !== after && this.isConnected) this.scheduleReload();
   }
 
   toggle() {
     this.open = !this.open;
   }
 
-  // A change of several attributes at once (api-url, user, token) reconnects once.
-  #schedule() {
-    if (this.#scheduled) return;
-    this.#scheduled = true;
-    queueMicrotask(() => {
-      this.#scheduled = false;
-      if (this.isConnected) this.#reconnect();
-    });
+  reload() {
+    this.#reconnect();
   }
 
   #disconnect() {

@@ -11,7 +11,7 @@
 // herald:saved (detail: the saved preferences), herald:error (detail: {status, type, message}).
 // Styling: the same CSS custom properties as <herald-inbox> (--herald-accent, --herald-font...).
 
-import { baseUrl, HeraldError, heraldFetch } from "./herald-inbox.js";
+import { HeraldElement, HeraldError, heraldFetch } from "./herald-inbox.js";
 
 const CHANNELS = [
   ["inapp", "In-app"],
@@ -108,12 +108,11 @@ function checkbox(label, props, visibleLabel = true) {
   return element("label", {}, input, element("span", { text: label }));
 }
 
-export class HeraldPreferences extends HTMLElement {
+export class HeraldPreferences extends HeraldElement {
   static observedAttributes = ["api-url", "user", "token"];
 
   #prefs = null;
   #session = 0;
-  #scheduled = false;
   #savedTimer = null;
   #ui;
 
@@ -129,25 +128,13 @@ export class HeraldPreferences extends HTMLElement {
     this.#ui = ui;
   }
 
-  get apiUrl() {
-    return baseUrl(this.getAttribute("api-url"));
-  }
-
-  get user() {
-    return this.getAttribute("user") ?? "";
-  }
-
-  get token() {
-    return this.getAttribute("token") ?? "";
-  }
-
   /** The preferences as last loaded or saved (the API's JSON), or null. */
   get preferences() {
     return this.#prefs === null ? null : structuredClone(this.#prefs);
   }
 
   connectedCallback() {
-    this.#schedule();
+    this.scheduleReload();
   }
 
   disconnectedCallback() {
@@ -156,16 +143,11 @@ export class HeraldPreferences extends HTMLElement {
   }
 
   attributeChangedCallback(_name, before, after) {
-    if (before !== after && this.isConnected) this.#schedule();
+    if (before !== after && this.isConnected) this.scheduleReload();
   }
 
-  #schedule() {
-    if (this.#scheduled) return;
-    this.#scheduled = true;
-    queueMicrotask(() => {
-      this.#scheduled = false;
-      if (this.isConnected) this.load();
-    });
+  reload() {
+    this.load();
   }
 
   #path() {
