@@ -45,9 +45,13 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Chromium (a fresh temporary profile: Playwright makes a new user-data-dir)."""
+    """Headless Chromium (a fresh temporary profile: Playwright makes a new user-data-dir).
+
+    Module-scoped on purpose: Playwright's sync API keeps an asyncio loop running in this
+    thread while it is started, and every later ``asyncio.run`` (other modules' tests) would
+    fail with "cannot be called from a running event loop"."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

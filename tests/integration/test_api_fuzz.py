@@ -87,7 +87,13 @@ def negative_data_rejection_as_sent(ctx: Any, response: Response, case: Case) ->
     """``negative_data_rejection``, except for a query that carries a non-string value: it
     reaches the API as text, which may be valid (a boolean generated as "not a string" for an
     event type filter arrives as ``event_type=true``, a valid code), so a 200 proves nothing."""
-    if any(not isinstance(value, str) for value in (case.query or {}).values()):
+
+    def textual(value: Any) -> bool:
+        if isinstance(value, list | tuple):
+            return all(isinstance(item, str) for item in value)
+        return isinstance(value, str)
+
+    if not all(textual(value) for value in (case.query or {}).values()):
         return None
     return negative_data_rejection(ctx, response, case)
 

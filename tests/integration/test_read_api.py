@@ -621,6 +621,8 @@ class SseClient:
         self.url, self.params, self.headers = url, params or {}, headers or {}
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.received: list[tuple[str, Any]] = []
+        #: The SSE id of each event that had one, by the id in its data.
+        self.ids: dict[str, str] = {}
         self.comments: list[str] = []
         self.connected = threading.Event()
         self.ended = threading.Event()
@@ -638,7 +640,7 @@ class SseClient:
                 self.status = response.status_code
                 if response.status_code != 200:
                     return
-                name, data = "message", list[str]()
+                name, data, event_id = "message", list[str](), ""
                 for line in response.iter_lines():
                     if self._stop.is_set():
                         return
@@ -649,14 +651,18 @@ class SseClient:
                     elif line == "":
                         if data:
                             event = (name, json.loads("\n".join(data)))
+                            if event_id and isinstance(event[1], dict) and "id" in event[1]:
+                                self.ids[event[1]["id"]] = event_id
                             self.received.append(event)
                             self.events.put(event)
-                        name, data = "message", []
+                        name, data, event_id = "message", [], ""
                     else:
                         field, _, value = line.partition(":")
                         value = value.removeprefix(" ")
                         if field == "event":
                             name = value
+                        elif field == "id":
+                            event_id = value
                         elif field == "data":
                             data.append(value)
         except httpx.HTTPError:
@@ -812,6 +818,71 @@ def test_stream_pushes_new_notifications_and_read_state_across_processes(
     finally:
         for session in sessions:
             session.close()
+
+
+def test_a_stream_resumed_with_last_event_id_replays_what_it_missed(
+    kafka_settings: KafkaSettings,
+    topics: Catalogue,
+    db_settings: DatabaseSettings,
+    run_service: Callable[..., ServiceProcess],
+) -> None:
+    run_service(SINK_MODULE, service_env(kafka_settings, db_settings, INAPP_STORE_METRICS_PORT="0"))
+    api, _ = start_api(run_service, kafka_settings, db_settings)
+    publisher = Publisher(kafka_settings, topics)
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    url = f"{api}/v1/users/{user}/stream"
+
+    def unread() -> int:
+        reply = httpx.get(
+            f"{url[: -len('/stream')]}/notifications/unread-count", headers=as_user(user)
+        )
+        return int(reply.json()["unread"])
+
+    first = SseClient(url, params={"token": token(user)})
+    try:
+        first.wait_connected()
+        seen = notification(user)
+        publisher.notification(seen)
+        publisher.flush()
+        first.next("notification.created", 60, lambda d: d["id"] == seen["notification_id"])
+        last_id = first.ids[seen["notification_id"]]
+    finally:
+        first.close()
+    # Two notifications arrive while the client is away.
+    missed = [notification(user), notification(user)]
+    for note in missed:
+        publisher.notification(note)
+    publisher.flush()
+    wait_for(lambda: unread() == 3, 60, "the sink to store the missed notifications")
+
+    # EventSource's own reconnection sends Last-Event-ID: the missed ones come first, in
+    # inbox order (oldest first), each with its id; the one already seen is not repeated.
+    resumed = SseClient(url, params={"token": token(user)}, headers={"Last-Event-ID": last_id})
+    try:
+        resumed.wait_connected()
+        replayed = [resumed.next("notification.created", 10)["id"] for _ in missed]
+        assert sorted(replayed) == sorted(note["notification_id"] for note in missed)
+        assert seen["notification_id"] not in replayed
+        # Live events keep flowing after the replay, once each.
+        live = notification(user)
+        publisher.notification(live)
+        publisher.flush()
+        resumed.next("notification.created", 30, lambda d: d["id"] == live["notification_id"])
+        assert [d["id"] for _, d in resumed.received].count(live["notification_id"]) == 1
+        assert resumed.ids[live["notification_id"]]
+    finally:
+        resumed.close()
+    # The query form (a stream the client reopens itself), and an id this API never gave.
+    by_query = SseClient(url, params={"token": token(user), "last_event_id": last_id})
+    garbage = SseClient(url, params={"token": token(user)}, headers={"Last-Event-ID": "nonsense"})
+    try:
+        by_query.wait_connected()
+        assert len([by_query.next("notification.created", 10) for _ in range(3)]) == 3
+        garbage.wait_connected()
+        assert garbage.next("resync", 10)["reason"] == "unknown Last-Event-ID"
+    finally:
+        by_query.close()
+        garbage.close()
 
 
 def test_streams_resync_after_the_listening_connection_is_lost(

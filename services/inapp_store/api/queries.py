@@ -118,6 +118,21 @@ def inbox_page(
     return rows[:limit], Cursor(last["created_at"], last["id"])
 
 
+def notifications_after(conn: Connection, user_id: str, after: Cursor, limit: int) -> list[Row]:
+    """``user_id``'s notifications created strictly after ``after`` in inbox order (archived
+    ones too), oldest first, at most ``limit``: what a stream missed since its last event."""
+    statement = (
+        select(*NOTIFICATION_COLUMNS)
+        .where(
+            Notification.user_id == user_id,
+            tuple_(Notification.created_at, Notification.id) > tuple_(after.created_at, after.id),
+        )
+        .order_by(Notification.created_at.asc(), Notification.id.asc())
+        .limit(limit)
+    )
+    return list(conn.execute(statement).mappings())
+
+
 def unread_count_statement(user_id: str) -> Select[Any]:
     """How many unread, unarchived notifications ``user_id`` has (uses the partial index)."""
     return (

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Security, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from herald.auth import Authenticator, Principal, get_authenticator, require_user
 from herald.webapi import Problem, problem_responses
@@ -32,7 +32,7 @@ class SessionIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ttl_s": 900}]})
 
-    ttl_s: int | None = Field(
+    ttl_s: StrictInt | None = Field(
         None,
         ge=1,
         le=86_400,

@@ -8,9 +8,16 @@ Open it with ``new EventSource("/v1/users/user-42/stream?token=<user token>")`` 
 - ``notification.archived`` / ``notification.unarchived``: ``{"id", "archived_at"}``;
 - ``notifications.read_all``: ``{"read_at", "count"}``;
 - ``resync``: ``{"reason"}``: events may have been missed (the server's connection to the
-  database was restored, or the client read too slowly); refetch the inbox and unread count;
+  database was restored, the client read too slowly, or it missed more than
+  :data:`REPLAY_LIMIT` notifications while disconnected); refetch the inbox and unread count;
 - ``session.expired``: ``{"reason"}``: the session token the stream was opened with expired;
   the stream ends (get a new session token, then reconnect).
+
+Every ``notification.created`` carries an SSE ``id`` (the notification's inbox cursor). A
+browser's ``EventSource`` sends the last one back as ``Last-Event-ID`` when it reconnects (a
+client that opens a new stream itself may pass it as ``?last_event_id=``): the stream then
+first replays, oldest first, the notifications created since, so none is missed across a
+reconnection. Read-state changes are not replayed: refetch the unread count on reconnection.
 
 Comment lines (``: heartbeat``) keep idle connections open through proxies. Every API process
 pushes to its own streams what any process (or the sink) changed, within about a second of
@@ -20,16 +27,27 @@ the commit (PostgreSQL ``LISTEN``/``NOTIFY``; see :mod:`services.inapp_store.api
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, AsyncIterator
-from typing import Annotated
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from datetime import datetime
+from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends
+import anyio
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from sqlalchemy import Engine
 
 from herald.auth import StreamCaller
 from herald.webapi import Problem, problem_responses
+from services.inapp_store.api import queries
 from services.inapp_store.api.broker import Heartbeat, Subscription
-from services.inapp_store.api.deps import Broker, Config, UserPath
+from services.inapp_store.api.deps import Broker, Config, DbEngine, UserPath
+from services.inapp_store.api.models import NotificationOut
+from services.inapp_store.api.pagination import MAX_CURSOR_LENGTH, Cursor, InvalidCursorError
+
+#: Most notifications replayed to a stream resumed with Last-Event-ID; more missed: ``resync``.
+REPLAY_LIMIT: Final = 100
+CREATED: Final = "notification.created"
 
 #: How long an EventSource waits before reconnecting after the stream ends, in milliseconds.
 RECONNECT_MS = 3000
@@ -86,15 +104,61 @@ async def _subscription(
         yield subscription
 
 
+def event_id(notification: Mapping[str, Any]) -> str:
+    """The SSE id of a ``notification.created`` event: the notification's inbox cursor."""
+    created_at = notification["created_at"]
+    if isinstance(created_at, str):
+        created_at = datetime.fromisoformat(created_at)
+    return Cursor(created_at, uuid.UUID(str(notification["id"]))).encode()
+
+
+def _missed(engine: Engine, user_id: str, after: Cursor) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = queries.notifications_after(conn, user_id, after, REPLAY_LIMIT + 1)
+    return [NotificationOut.model_validate(row).model_dump(mode="json") for row in rows]
+
+
+async def _replay(engine: Engine, user_id: str, resume: str) -> list[ServerSentEvent]:
+    """The events a stream resumed after ``resume`` (a Last-Event-ID) missed."""
+    try:
+        after = Cursor.decode(resume)
+    except InvalidCursorError:
+        return [ServerSentEvent(event="resync", data={"reason": "unknown Last-Event-ID"})]
+    missed = await anyio.to_thread.run_sync(_missed, engine, user_id, after)
+    if len(missed) > REPLAY_LIMIT:
+        return [ServerSentEvent(event="resync", data={"reason": "too many missed events"})]
+    return [ServerSentEvent(event=CREATED, data=item, id=event_id(item)) for item in missed]
+
+
 @router.get(
     "/stream",
     response_class=EventSourceResponse,
     summary="Real-time inbox events (Server-Sent Events)",
 )
 async def stream(
+    user_id: UserPath,
     subscription: Annotated[Subscription, Depends(_subscription)],
     config: Config,
     caller: StreamCaller,
+    engine: DbEngine,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=MAX_CURSOR_LENGTH,
+            description="The id of the last event received (sent by EventSource when it "
+            "reconnects): the notifications created since are replayed first.",
+        ),
+    ] = None,
+    last_event_id_query: Annotated[
+        str | None,
+        Query(
+            alias="last_event_id",
+            max_length=MAX_CURSOR_LENGTH,
+            description="The same as the Last-Event-ID header, for a client opening a new "
+            "stream itself.",
+        ),
+    ] = None,
 ) -> AsyncIterable[ServerSentEvent]:
     """New notifications and read-state changes of the user, as they happen.
 
@@ -107,6 +171,15 @@ async def stream(
     """
     # Sent once subscribed: a client knows from it that no later event will be missed.
     yield ServerSentEvent(comment="connected", retry=RECONNECT_MS)
+    # Subscribed before the replay is read: nothing falls between the two; what is in both
+    # is sent once.
+    replayed: set[str] = set()
+    resume = last_event_id or last_event_id_query
+    if resume:
+        for missed in await _replay(engine, user_id, resume):
+            if missed.id is not None:
+                replayed.add(missed.id)
+            yield missed
     expires = caller.session_expires_at
     while True:
         wait = config.stream_heartbeat_s
@@ -126,5 +199,11 @@ async def stream(
                 continue
             # Also how a closed connection is noticed: writing to it fails.
             yield ServerSentEvent(comment="heartbeat")
+            continue
+        if event.name == CREATED:
+            identifier = event_id(event.data)
+            if identifier in replayed:
+                continue
+            yield ServerSentEvent(event=event.name, data=event.data, id=identifier)
             continue
         yield ServerSentEvent(event=event.name, data=event.data)

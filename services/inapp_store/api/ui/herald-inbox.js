@@ -335,6 +335,7 @@ export class HeraldInbox extends HeraldElement {
   #refreshing = null;
   #refreshAgain = false;
   #session = 0; // bumped on every (re)connect: answers of an older session are dropped
+  #lastEventId = ""; // the stream's last event id: where a reopened stream resumes
   #ui;
 
   constructor() {
@@ -458,6 +459,7 @@ export class HeraldInbox extends HeraldElement {
 
   #reconnect() {
     this.#disconnect();
+    this.#lastEventId = "";
     this.#items.clear();
     this.#order = [];
     this.#cursor = null;
@@ -493,7 +495,10 @@ export class HeraldInbox extends HeraldElement {
   #openStream() {
     this.#closeStream();
     const session = this.#session;
-    const url = `${this.apiUrl}${this.#path("/stream")}?token=${encodeURIComponent(this.token)}`;
+    // A stream this component reopens itself resumes where the last one stopped (the
+    // browser's own reconnections send Last-Event-ID by themselves).
+    const resume = this.#lastEventId ? `&last_event_id=${encodeURIComponent(this.#lastEventId)}` : "";
+    const url = `${this.apiUrl}${this.#path("/stream")}?token=${encodeURIComponent(this.token)}${resume}`;
     const stream = new EventSource(url);
     this.#stream = stream;
     // Every (re)connection may have missed events: refetch what is shown. The browser itself
@@ -505,6 +510,7 @@ export class HeraldInbox extends HeraldElement {
     for (const name of STREAM_EVENTS) {
       stream.addEventListener(name, (event) => {
         if (session !== this.#session) return;
+        if (event.lastEventId) this.#lastEventId = event.lastEventId;
         let data = {};
         try {
           data = JSON.parse(event.data || "{}");
