@@ -152,6 +152,7 @@ class InappStore:
         self.db = Database(settings.database)
         self.invalid_streak = 0
         DELIVERY_LATENCY.labels(INAPP, "delivered")  # graphed from the start, not the first one
+        DELIVERIES.labels(INAPP, "delivered")  # 0 from the start: the first increase is a rate
         self.loop = BatchLoop(
             service=SERVICE,
             kafka=settings.kafka,

@@ -20,6 +20,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -237,11 +238,10 @@ def test_every_panel_rule_and_named_metric_has_data(
     # second increments them, so rates and quantiles have something to show.
     publish_wave(1)
     wait_for(lambda: final_count() >= 12, 60, "12 final statuses of the first wave")
-    wait_for(
-        lambda: prometheus.values('herald_delivery_latency_seconds_count{channel="email"} > 0'),
-        20,
-        "Prometheus to scrape the first wave",
-    )
+    for channel in ("email", "sms", "inapp"):
+        # Every channel's first wave scraped before the second: its rate sees an increase.
+        done = f'herald_deliveries_total{{channel="{channel}",status=~"sent|delivered"}} > 0'
+        wait_for(partial(prometheus.values, done), 20, f"the first wave scraped on {channel}")
     # In the second wave ben's email fails once (451: a retry, then sent) and cid's is refused
     # (550: the DLQ); the faults are scoped to their addresses (other tests share the sink).
     faults = [
