@@ -269,13 +269,15 @@ function icon(name) {
   return svg;
 }
 
-function element(tag, props = {}, ...children) {
+/** A DOM element: `class`, `text`, `on<event>` handlers, boolean and other attributes. */
+export function element(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
     if (key === "class") node.className = value;
     else if (key === "text") node.textContent = value;
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
+    else if (value === true) node.setAttribute(key, "");
+    else if (value !== false && value !== null && value !== undefined) node.setAttribute(key, value);
   }
   node.append(...children);
   return node;

@@ -11,7 +11,7 @@
 // herald:saved (detail: the saved preferences), herald:error (detail: {status, type, message}).
 // Styling: the same CSS custom properties as <herald-inbox> (--herald-accent, --herald-font...).
 
-import { HeraldElement, HeraldError, heraldFetch } from "./herald-inbox.js";
+import { element, HeraldElement, HeraldError, heraldFetch } from "./herald-inbox.js";
 
 const CHANNELS = [
   ["inapp", "In-app"],
@@ -84,19 +84,6 @@ function styles() {
     sheet.replaceSync(STYLE);
   }
   return sheet;
-}
-
-function element(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (value === true) node.setAttribute(key, "");
-    else if (value !== false && value !== null && value !== undefined) node.setAttribute(key, value);
-  }
-  node.append(...children);
-  return node;
 }
 
 function checkbox(label, props, visibleLabel = true) {
