@@ -402,8 +402,10 @@ def test_streams_and_connections_are_capped(pipeline: System) -> None:
         assert port is not None
         for _ in range(8):
             open_streams.enter_context(socket.create_connection((host, port), timeout=5))
-        time.sleep(0.3)
-        assert httpx.get(f"{base}/healthz", timeout=10).status_code == 503
+        refused = pipeline.poll(
+            lambda: httpx.get(f"{base}/healthz", timeout=10).status_code == 503, timeout=10
+        )
+        assert refused, "uvicorn served a request past READ_API_LIMIT_CONCURRENCY"
     # Everything closed: served again.
     assert pipeline.poll(lambda: _answers(f"{base}/healthz"), timeout=15)
     with (
