@@ -23,6 +23,7 @@ def status_event(
     error_class: str | None = None,
     error_message: str | None = None,
     provider_message_id: str | None = None,
+    provider: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """A ``herald.DeliveryStatus`` record for one delivery (a DeliveryRequest-shaped mapping)."""
@@ -36,6 +37,7 @@ def status_event(
         "error_class": error.error_class if error is not None else error_class,
         "error_message": error.message[:1000] if error is not None else error_message,
         "provider_message_id": provider_message_id,
+        "provider": provider,
         "occurred_at": now or datetime.now(UTC),
     }
 

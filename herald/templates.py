@@ -50,9 +50,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import Cycler, Joiner, Namespace, pass_eval_context
 from jinja2.visitor import NodeTransformer
 
+from herald.channels import CHANNELS
 from herald.errors import PermanentError
-
-CHANNELS = ("inapp", "email", "sms")
 
 #: Characters one render may produce (and the longest value built while rendering).
 MAX_OUTPUT_CHARS: Final = 1_000_000

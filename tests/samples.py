@@ -50,6 +50,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "locale": "en-GB",
         "timezone": "Europe/London",
         "display_name": "Ada",
+        "endpoints": {"webhook": "https://hooks.example.com/herald"},
         "updated_at": WHEN,
     },
     "herald.Preferences": {
@@ -57,6 +58,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "inapp_enabled": True,
         "email_enabled": True,
         "sms_enabled": False,
+        "webhook_enabled": True,
+        "slack_enabled": False,
         "quiet_hours_start": "22:00",
         "quiet_hours_end": "07:30",
         "event_overrides": {
@@ -101,6 +104,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "error_class": "SMTPServerDisconnected",
         "error_message": "Connection unexpectedly closed",
         "provider_message_id": None,
+        "provider": "smtp-a",
         "occurred_at": WHEN,
     },
 }

@@ -40,11 +40,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
 
+from herald.channels import CHANNELS, ENDPOINT_CHANNELS, HOLDABLE_CHANNELS
 from herald.identity import MAX_ID_LENGTH
-
-#: The delivery channels; they match the ``channel`` of each deliveries topic in
-#: ``schemas/topics.toml``.
-CHANNELS: Final = ("email", "sms", "inapp")
 
 #: Every state a delivery (and a delivery attempt) can be in.
 DELIVERY_STATUSES: Final = ("pending", "skipped", "sent", "delivered", "retrying", "failed", "dead")
@@ -179,6 +176,8 @@ class NotificationPreference(Base):
     inapp_enabled: Mapped[bool] = mapped_column(server_default=text("true"))
     email_enabled: Mapped[bool] = mapped_column(server_default=text("true"))
     sms_enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    webhook_enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    slack_enabled: Mapped[bool] = mapped_column(server_default=text("true"))
     #: Local time in the user's time zone.
     quiet_hours_start: Mapped[time | None] = mapped_column(Time())
     quiet_hours_end: Mapped[time | None] = mapped_column(Time())
@@ -288,6 +287,8 @@ class NotificationDelivery(Base):
     error_message: Mapped[str | None]
     #: The provider's id for the sent message (SMTP Message-ID, SMS message sid).
     provider_message_id: Mapped[str | None]
+    #: Which of the channel's providers made the latest attempt (failover), if any.
+    provider: Mapped[str | None]
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
 
@@ -315,7 +316,42 @@ class DeliveryAttempt(Base):
     status: Mapped[str]
     error_class: Mapped[str | None]
     error_message: Mapped[str | None]
+    #: Which of the channel's providers made this attempt (failover), if any.
+    provider: Mapped[str | None]
     occurred_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+#: Longest endpoint URL (migration 0007).
+MAX_URL_LENGTH: Final = 2048
+
+
+class ChannelEndpoint(Base):
+    """Where a user's webhook or Slack deliveries go: one endpoint per (user, kind).
+
+    The router learns the URL from the user record's ``endpoints``; the sender reads the
+    current URL and secret here at send time, and disables an endpoint that answered 410.
+    """
+
+    __tablename__ = "channel_endpoint"
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({_sql_list(ENDPOINT_CHANNELS)})", name="kind_known"),
+        CheckConstraint(f"char_length(url) <= {MAX_URL_LENGTH}", name="url_length"),
+        length_check("user_id"),
+    )
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: ``webhook`` or ``slack``: the channel the endpoint serves.
+    kind: Mapped[str] = mapped_column(primary_key=True)
+    url: Mapped[str]
+    #: Standard Webhooks signing secret (``whsec_`` + base64); null for Slack.
+    secret: Mapped[str | None]
+    enabled: Mapped[bool] = mapped_column(server_default=text("true"))
+    disabled_reason: Mapped[str | None]
+    disabled_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = _updated_at()
 
 
 class SendJournal(Base):
@@ -357,10 +393,6 @@ class KnownDevice(Base):
     user_agent: Mapped[str | None]
     #: Reads return ``ipaddress`` objects; writes accept those or strings.
     ip: Mapped[IPv4Address | IPv6Address | str | None] = mapped_column(INET())
-
-
-#: The channels quiet hours hold back (the in-app inbox is never held).
-HOLDABLE_CHANNELS: Final = ("email", "sms")
 
 
 class HeldDelivery(Base):

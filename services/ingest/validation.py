@@ -41,7 +41,7 @@ _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 _HOUR_MINUTE = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 
 #: Delivery channels an event type may use.
-Channel = Literal["inapp", "email", "sms"]
+Channel = Literal["inapp", "email", "sms", "webhook", "slack"]
 CHANNEL_NAMES: tuple[str, ...] = get_args(Channel)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from herald import PROJECT_ROOT
+from herald.channels import CHANNELS
 from herald.serde import default_registry
 from schemas import (
     CATALOGUE,
@@ -138,7 +139,7 @@ def test_all_topics_includes_retry_tiers_and_dlqs() -> None:
 
 
 def test_channels() -> None:
-    assert set(CATALOGUE.channels) == {"inapp", "email", "sms"}
+    assert set(CATALOGUE.channels) == set(CHANNELS)
     for channel in CATALOGUE.channels:
         spec = CATALOGUE.for_channel(channel)
         assert spec.channel == channel and spec.dlq

@@ -37,6 +37,7 @@ TABLES = {
     "held_delivery",
     "send_journal",
     "idempotency_key",
+    "channel_endpoint",
 }
 
 
@@ -134,7 +135,7 @@ def test_status_and_channel_checks_list_every_value() -> None:
     channel = checks["ck_notification_delivery_channel_known"]
     assert all(f"'{s}'" in status for s in DELIVERY_STATUSES)
     assert all(f"'{c}'" in channel for c in CHANNELS)
-    assert set(CHANNELS) == {"email", "sms", "inapp"}  # the channels of schemas/topics.toml
+    assert set(CHANNELS) == {"email", "sms", "inapp", "webhook", "slack"}  # topics.toml's
 
 
 @pytest.mark.parametrize(
@@ -225,7 +226,7 @@ def test_id_length_checks_of_the_models_are_the_migrations() -> None:
         if isinstance(c, CheckConstraint) and str(c.sqltext).endswith(f") <= {MAX_ID_LENGTH}")
     }
     assert {"ck_user_account_id_length", "ck_notification_user_id_length"} <= checks.keys()
-    assert len(checks) == 11
+    assert len(checks) == 12
     settings = DatabaseSettings(
         database_url="postgresql://herald@127.0.0.1:1/herald", database_schema="offline-check"
     )
