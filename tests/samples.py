@@ -41,6 +41,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
             },
         },
         "urgent": False,
+        "digest": {"window_s": 600, "key": "post_id"},
         "updated_at": WHEN,
     },
     "herald.User": {

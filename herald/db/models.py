@@ -135,6 +135,8 @@ class EventType(Base):
     channels: Mapped[list[str]] = mapped_column(server_default=text("'{}'::text[]"))
     #: channel -> {"title": ..., "body": ..., "html": ...} (Jinja2 sources).
     templates: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    #: ``{"window_s": 600, "key": "post_id"}``: a digest window (herald.EventType.digest).
+    digest: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = _updated_at()
 

@@ -11,6 +11,7 @@ Create Date: 2026-11-30
   delivery is POSTed to, and for webhooks the signing secret (``whsec_`` + base64). A sender
   disables an endpoint that answered 410 (``enabled`` false, with the reason and time).
 - ``notification_preference`` gets ``webhook_enabled`` and ``slack_enabled`` (default on).
+- ``event_type.digest`` (JSONB, null): the digest window of an event type.
 - ``delivery_attempt.provider`` and ``notification_delivery.provider``: which of the channel's
   providers made the attempt (provider failover), null when none was called.
 """
@@ -94,6 +95,10 @@ def upgrade() -> None:
             "notification_preference",
             sa.Column(column, sa.Boolean(), server_default=sa.text("true"), nullable=False),
         )
+    op.add_column(
+        "event_type",
+        sa.Column("digest", sa.dialects.postgresql.JSONB(), nullable=True),
+    )
     op.add_column("delivery_attempt", sa.Column("provider", sa.Text(), nullable=True))
     op.add_column("notification_delivery", sa.Column("provider", sa.Text(), nullable=True))
 
@@ -101,6 +106,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("notification_delivery", "provider")
     op.drop_column("delivery_attempt", "provider")
+    op.drop_column("event_type", "digest")
     for column in ("slack_enabled", "webhook_enabled"):
         op.drop_column("notification_preference", column)
     op.drop_table("channel_endpoint")
