@@ -459,7 +459,9 @@ def table(result: dict[str, Any]) -> list[tuple[str, str]]:
                          f"{use['peak_rss_mb']:,.0f} MB / {use['cpu_seconds']} s"))  # fmt: skip
     if "senders" in result:
         sent = result["senders"]
-        for channel in ("sms", "email"):
+        for channel in ("sms", "email", "webhook"):
+            if f"{channel}_deliveries_per_s" not in sent:
+                continue  # a result written before the channel was measured
             rows.append((f"sender {channel} deliveries/s ({sent['in_flight']} in flight, "
                          f"{sent['provider_latency_ms']:g} ms)",
                          f"{sent[f'{channel}_deliveries_per_s']:,}"))  # fmt: skip

@@ -4,7 +4,9 @@ provider stand-in answering in ``--latency-ms`` (default 100).
 What runs is what a sender process runs per batch, minus Kafka: :class:`SenderHandler` with
 the real journal (PostgreSQL, a private schema), the real send pool (``--concurrency`` sends
 in flight, threads) and the real provider client (the SMS sender's pooled httpx client, the
-email sender's pool of SMTP connections) against a private SMS stand-in and SMTP sink. Records
+email sender's pool of SMTP connections, the webhook sender's signing client with the
+endpoints read from PostgreSQL once per batch) against a private SMS stand-in, SMTP sink and
+webhook sink. Records
 are built in memory and the status events it returns are not produced, so the figure is the
 ceiling of the send path; the broker's share is measured by ``make bench``.
 
@@ -29,12 +31,16 @@ from herald.db import make_engine, migrate
 from herald.devstack.process import free_port
 from herald.sender import PostgresJournal, SenderHandler, SenderRoutes, SendFunction, SendPool
 from herald.serde import encode
-from herald.settings import Settings, SmsSettings, get_settings
+from herald.settings import DatabaseSettings, Settings, SmsSettings, get_settings
+from herald.webhooks import new_secret
 from schemas import CATALOGUE
 from services.email_sender.service import EmailSender
 from services.email_sender.smtp import SmtpEndpoint, SmtpPool
 from services.sms_sender.client import SmsApi
 from services.sms_sender.service import SmsSender
+from services.webhook_sender.client import EndpointHttp
+from services.webhook_sender.endpoints import EndpointStore
+from services.webhook_sender.service import EndpointSender
 from tests.integration.delivery_util import delivery_request
 
 BATCH = 1_000
@@ -65,6 +71,20 @@ class Record:
         return None
 
 
+def bench_schema(settings: Settings) -> DatabaseSettings:
+    """A fresh schema migrated to head (drop it with :func:`drop_schema`)."""
+    database = settings.database.model_copy(
+        update={"database_schema": f"bench_{uuid.uuid4().hex[:10]}"}
+    )
+    migrate.upgrade(database)
+    return database
+
+
+def drop_schema(database: DatabaseSettings) -> None:
+    with psycopg.connect(database.libpq_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{database.database_schema}" CASCADE')
+
+
 def run(
     settings: Settings,
     channel: str,
@@ -72,11 +92,14 @@ def run(
     close: Callable[[], None],
     requests: list[dict[str, Any]],
     concurrency: int,
+    *,
+    database: DatabaseSettings | None = None,
+    prepare: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> float:
-    """Deliveries/s of the handler over ``requests`` (batches of :data:`BATCH`)."""
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    database = settings.database.model_copy(update={"database_schema": schema})
-    migrate.upgrade(database)
+    """Deliveries/s of the handler over ``requests`` (batches of :data:`BATCH`); in
+    ``database`` (the caller's schema, kept) or a schema of its own (dropped)."""
+    own_schema = database is None
+    database = database or bench_schema(settings)
     engine = make_engine(database, pool_size=1, max_overflow=1)
     journal = PostgresJournal(engine, service=f"bench_{channel}")
     routes = SenderRoutes.for_channel(CATALOGUE, channel)
@@ -86,6 +109,7 @@ def run(
         catalogue=CATALOGUE,
         pool=SendPool(send, channel=channel, concurrency=concurrency),
         journal=journal,
+        prepare=prepare,
     )
     records = [
         cast(Message, Record(encode("herald.DeliveryRequest", r), routes.source_topic, i))
@@ -101,12 +125,12 @@ def run(
         close()
         journal.close()
         engine.dispose()
-        with psycopg.connect(database.libpq_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        if own_schema:
+            drop_schema(database)
 
 
 def measure(count: int, latency_ms: float, concurrency: int) -> dict[str, float]:
-    """Deliveries/s for SMS and email."""
+    """Deliveries/s for SMS, email and webhooks."""
     settings = get_settings()
     results: dict[str, float] = {}
     port = free_port()
@@ -129,7 +153,43 @@ def measure(count: int, latency_ms: float, concurrency: int) -> dict[str, float]
                 for i in range(count)
             ]
             results["email"] = run(settings, "email", send, pool.close, requests, concurrency)
+    results["webhook"] = measure_webhook(settings, count, latency_ms, concurrency)
     return results
+
+
+def measure_webhook(settings: Settings, count: int, latency_ms: float, concurrency: int) -> float:
+    """Deliveries/s of signed webhooks, one endpoint per user (read from PostgreSQL, one query
+    per batch) on a private webhook sink."""
+    port = free_port()
+    database = bench_schema(settings)
+    users = [f"bench-{i}" for i in range(count)]
+    with psycopg.connect(database.libpq_url, autocommit=True) as conn:
+        conn.execute(f'SET search_path TO "{database.database_schema}"')
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO user_account (id) VALUES (%s)", [(u,) for u in users])
+            cur.executemany(
+                "INSERT INTO channel_endpoint (user_id, kind, url, secret)"
+                " VALUES (%s, 'webhook', %s, %s)",
+                [(u, f"http://127.0.0.1:{port}/hooks/{u}", new_secret()) for u in users],
+            )
+    engine = make_engine(database, pool_size=2, max_overflow=4)
+    argv = ["herald.devstack.webhook_sink", "--port", str(port), "--latency-ms", str(latency_ms)]
+    try:
+        with standin(argv, [port], latency_ms):
+            http = EndpointHttp("webhook", allow_private=True)
+            send = EndpointSender("webhook", EndpointStore(engine, "webhook"), http)
+            requests = [
+                delivery_request("webhook", f"http://127.0.0.1:{port}/hooks/{u}", user_id=u,
+                                 subject="Hi", body_text="A new comment")
+                for u in users
+            ]  # fmt: skip
+            return run(
+                settings, "webhook", send, http.close, requests, concurrency,
+                database=database, prepare=send.prepare,
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+        drop_schema(database)
 
 
 def main() -> None:

@@ -3,8 +3,8 @@ public interfaces: the ingest/admin API, Kafka, the read API.
 
 Each scenario is a function ``scenario(system) -> ScenarioResult``: it prints nothing itself but
 returns a readable account (who got what on which channel) and a list of checks of the outcome
-in PostgreSQL, the SMTP sink and the SMS stand-in. ``herald demo`` prints them and exits
-non-zero if a check failed; the integration tests assert on the same results.
+in PostgreSQL, the SMTP sink, the SMS stand-in and the webhook sink. ``herald demo`` prints them
+and exits non-zero if a check failed; the integration tests assert on the same results.
 
 Every run uses fresh ids (user ids and event type codes carry a random run id), so demos can be
 repeated on the same system without colliding.
@@ -12,11 +12,14 @@ repeated on the same system without colliding.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +27,7 @@ import psycopg
 
 from herald import digest, seed
 from herald.auth import AuthSettings
+from herald.channels import CHANNELS
 from herald.db.engine import search_path_options
 from herald.identity import derived_event_id, notification_id
 from herald.producer import AckedProducer
@@ -34,7 +38,15 @@ from schemas import CATALOGUE, Catalogue
 
 #: Delivery states that will not change any more.
 FINAL = ("sent", "delivered", "skipped", "failed", "dead")
-_LABELS = {"inapp": "in-app", "email": "email", "sms": "SMS"}
+_LABELS = {
+    "inapp": "in-app",
+    "email": "email",
+    "sms": "SMS",
+    "webhook": "webhook",
+    "slack": "Slack",
+}
+#: Channels of the seeded ``comment.created`` (webhook and Slack skipped without an endpoint).
+COMMENT_CHANNELS = len(seed.DEFAULT_EVENT_TYPES[seed.COMMENT_CREATED]["channels"])
 
 
 def _encode_event(event: dict[str, Any]) -> bytes:
@@ -88,7 +100,7 @@ class ScenarioResult:
 @dataclass
 class System:
     """A running Herald as its users see it: the ingest API, Kafka, the read API (optional),
-    plus PostgreSQL, the SMTP sink and the SMS stand-in to check outcomes."""
+    plus PostgreSQL, the SMTP sink, the SMS stand-in and the webhook sink to check outcomes."""
 
     api: httpx.Client
     settings: Settings
@@ -161,6 +173,16 @@ class System:
         sid = self.settings.sms.sms_account_sid
         url = f"{self.settings.sms.sms_api_url}/2010-04-01/Accounts/{sid}/Messages.json"
         return [m for m in httpx.get(url, timeout=15).json()["messages"] if m["to"] == number]
+
+    @property
+    def webhook_sink(self) -> str:
+        """The webhook sink's base URL (``herald.devstack.webhook_sink``)."""
+        return str(self.settings.webhook_sink.webhook_sink_url).rstrip("/")
+
+    def sink_requests(self, path: str) -> list[dict[str, Any]]:
+        """The requests the webhook sink recorded at ``path`` (``/hooks/x``), oldest first."""
+        url = f"{self.webhook_sink}/requests"
+        return list(httpx.get(url, params={"path": path}, timeout=15).json())
 
     def status(self, user: str, channel: str) -> tuple[str, str | None] | None:
         """The latest delivery status (and error message) of ``user`` on ``channel``."""
@@ -309,7 +331,7 @@ def registration(system: System) -> ScenarioResult:
     body = prefs.json() if prefs.status_code == 200 else {}
     result.check(
         "the new user has default preferences (every channel on)",
-        all(body.get(f"{c}_enabled") for c in ("inapp", "email", "sms")),
+        all(body.get(f"{c}_enabled") for c in CHANNELS),
         f"HTTP {prefs.status_code}",
     )
     event_id = system.publish(seed.USER_REGISTERED, [ada])
@@ -441,7 +463,7 @@ def comment(system: System, participants: int = 20) -> ScenarioResult:
         author_name="Author",
         excerpt="Partitions bound parallelism.",
     )
-    states = system.await_deliveries(event_id, readers, 3)
+    states = system.await_deliveries(event_id, readers, COMMENT_CHANNELS)
     emails = [m for m in system.emails() if post in m["subject"]]
     got = _tell(result, system, event_id, readers[:3], states, emails)
     result.say(f"... and {participants - 3} more readers alike")
@@ -489,7 +511,7 @@ def preferences(system: System) -> ScenarioResult:
     first = system.publish(
         seed.COMMENT_CREATED, [pat], actor_id=sam, post_title=post, author_name="Sam", excerpt="one"
     )
-    states_off = system.await_deliveries(first, [pat], 3)
+    states_off = system.await_deliveries(first, [pat], COMMENT_CHANNELS)
     _tell(result, system, first, [pat], states_off, [])
     result.check(
         "in-app and SMS, email skipped",
@@ -504,7 +526,7 @@ def preferences(system: System) -> ScenarioResult:
     second = system.publish(
         seed.COMMENT_CREATED, [pat], actor_id=sam, post_title=post, author_name="Sam", excerpt="two"
     )
-    states_on = system.await_deliveries(second, [pat], 3)
+    states_on = system.await_deliveries(second, [pat], COMMENT_CHANNELS)
     _tell(result, system, second, [pat], states_on, [])
     mails = system.emails_to(contact["email"])
     result.check(
@@ -564,7 +586,7 @@ def weekly_digest(system: System, now: datetime | None = None) -> ScenarioResult
         author_name="Sam",
         excerpt="marker",
     )
-    system.await_deliveries(marker, [max_], 3)
+    system.await_deliveries(marker, [max_], COMMENT_CHANNELS)
     mails = [m for m in system.emails_to(contact["email"]) if "unread" in m["subject"]]
     _tell(result, system, event_id, [max_], states, mails)
     result.check(
@@ -583,6 +605,109 @@ def weekly_digest(system: System, now: datetime | None = None) -> ScenarioResult
     return result
 
 
+def _receiver_verify() -> Callable[..., bool] | None:
+    """``verify`` of ``examples/webhook_receiver.py``: the standard-library receiver a user
+    copies, not Herald's own signing code (loaded from the checkout: examples is no package
+    of the installed distribution). ``None`` when the file is not there."""
+    path = Path(__file__).resolve().parents[1] / "examples" / "webhook_receiver.py"
+    spec = importlib.util.spec_from_file_location("herald_demo_webhook_receiver", path)
+    if not path.is_file() or spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    verify: Callable[..., bool] = module.verify
+    return verify
+
+
+def webhooks(system: System) -> ScenarioResult:
+    """7. A user registers a signed webhook and a Slack incoming webhook (both on the local
+    webhook sink); a comment reaches both, and the webhook's signature verifies with the
+    example receiver's ``verify`` and the secret the registration showed once."""
+    result = ScenarioResult("7. comment to Slack and a signed webhook")
+    system.seed()
+    wen, sam = system.user("wen"), system.user("sam")
+    paths = {"webhook": f"/hooks/{wen}", "slack": f"/slack/{wen}"}
+    registered: dict[str, dict[str, Any]] = {}
+    for kind, path in paths.items():
+        response = system.api.put(
+            f"/v1/users/{wen}/endpoints/{kind}", json={"url": system.webhook_sink + path}
+        )
+        result.check(
+            f"{kind} endpoint registered (201)", response.status_code == 201, response.text[:200]
+        )
+        registered[kind] = response.json() if response.status_code == 201 else {}
+    secret = registered["webhook"].get("secret") or ""
+    listing = system.api.get(f"/v1/users/{wen}/endpoints")
+    result.check(
+        "the secret was shown once (not in the listing)",
+        listing.status_code == 200 and bool(secret) and secret not in listing.text,
+    )
+    result.say(
+        f"{wen} registered {system.webhook_sink}{paths['webhook']} (secret {secret[:10]}...)"
+    )
+    result.say(f"{wen} registered {system.webhook_sink}{paths['slack']} (Slack)")
+    post = f"Webhooks ({system.run})"
+    event_id = system.publish(
+        seed.COMMENT_CREATED,
+        [wen],
+        actor_id=sam,
+        post_title=post,
+        author_name="Sam",
+        excerpt="Signed & delivered <3",
+    )
+    states = system.await_deliveries(event_id, [wen], COMMENT_CHANNELS)
+    _tell(result, system, event_id, [wen], states, [])
+    hooks = system.poll(lambda: system.sink_requests(paths["webhook"]))
+    posts = system.poll(lambda: system.sink_requests(paths["slack"]))
+    result.check("webhook sent", states.get((wen, "webhook")) == "sent", str(states))
+    result.check("Slack message sent", states.get((wen, "slack")) == "sent", str(states))
+    result.check("one request at each endpoint", len(hooks) == 1 and len(posts) == 1)
+    verify = _receiver_verify()
+    if hooks and verify is not None:
+        hook = hooks[0]
+        body = hook["body"].encode()
+        payload = json.loads(body)
+        signature = hook["headers"].get("webhook-signature", "")
+        result.say(
+            f"webhook {hook['headers'].get('webhook-id')}: {payload['type']} "
+            f"«{payload['data']['title']}», signature {signature[:16]}..."
+        )
+        result.check(
+            "the signature verifies (examples/webhook_receiver.py)",
+            verify(secret, hook["headers"], body),
+        )
+        result.check(
+            "a tampered body does not",
+            not verify(secret, hook["headers"], body.replace(b"Sam", b"Eve")),
+        )
+        result.check(
+            "the payload names the event and the comment",
+            payload["type"] == seed.COMMENT_CREATED
+            and payload["data"]["event_id"] == event_id
+            and post in payload["data"]["title"],
+            hook["body"][:200],
+        )
+    else:
+        result.check(
+            "the signature verifies (examples/webhook_receiver.py)",
+            False,
+            "no request" if not hooks else "examples/webhook_receiver.py not found",
+        )
+    if posts:
+        message = json.loads(posts[0]["body"])
+        result.say(f"Slack: {message.get('text', '')!r}")
+        result.check(
+            "the Slack message has the comment as Block Kit text",
+            post in message.get("text", "")
+            and any(post in json.dumps(block) for block in message.get("blocks", [])),
+            posts[0]["body"][:200],
+        )
+    result.data.update(
+        user=wen, event_id=event_id, states=states, secret=secret, hooks=hooks, posts=posts
+    )
+    return result
+
+
 #: Every scenario, in the order ``herald demo`` plays them.
 SCENARIOS: tuple[Callable[[System], ScenarioResult], ...] = (
     registration,
@@ -591,6 +716,7 @@ SCENARIOS: tuple[Callable[[System], ScenarioResult], ...] = (
     comment,
     preferences,
     weekly_digest,
+    webhooks,
 )
 
 

@@ -2,7 +2,8 @@
 
 An endpoint URL comes from a user, so a careless check would let anyone make Herald POST to
 its own broker, database or a cloud metadata service (server-side request forgery). Outside
-local mode (``HERALD_ENV=local``, a developer's machine) an endpoint must be ``https``/``http``
+local mode (``HERALD_ENV=local``, a developer's machine, or
+``HERALD_ENDPOINTS_ALLOW_PRIVATE=1``) an endpoint must be ``https``/``http``
 to a host whose every address is public: not loopback, private (RFC 1918, RFC 4193), link-local
 (169.254/16, the metadata service), shared (100.64/10), multicast, reserved or unspecified.
 
@@ -34,9 +35,20 @@ class BlockedEndpoint(ValueError):
     """The URL is not one Herald may send to; the message says why."""
 
 
+#: Allows endpoints on loopback and private networks without the rest of local mode
+#: (``herald run`` sets it for the services of the embedded stack, whose webhook sink is on
+#: 127.0.0.1).
+ALLOW_PRIVATE_ENV = "HERALD_ENDPOINTS_ALLOW_PRIVATE"
+
+
 def private_allowed() -> bool:
-    """Whether endpoints may be on loopback or private networks: only ``HERALD_ENV=local``."""
-    return os.environ.get("HERALD_ENV", "").strip().lower() == "local"
+    """Whether endpoints may be on loopback or private networks: ``HERALD_ENV=local``, or
+    ``HERALD_ENDPOINTS_ALLOW_PRIVATE=1`` (never with ``HERALD_ENV=production``)."""
+    env = os.environ.get("HERALD_ENV", "").strip().lower()
+    if env == "production":
+        return False
+    flag = os.environ.get(ALLOW_PRIVATE_ENV, "").strip().lower() in ("1", "true", "yes")
+    return env == "local" or flag
 
 
 def is_public(address: IPAddress) -> bool:

@@ -74,7 +74,8 @@ DEFAULT_EVENT_TYPES: Final[dict[str, dict[str, Any]]] = {
     COMMENT_CREATED: {
         "name": "New comment",
         "description": "Someone commented on a post you take part in.",
-        "channels": ["inapp", "email", "sms"],
+        # Webhook and Slack use the in-app template (a user without an endpoint is skipped).
+        "channels": ["inapp", "email", "sms", "webhook", "slack"],
         "templates": {
             "inapp": {
                 "title": "New comment on {{ post_title }}",

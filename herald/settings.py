@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,13 +20,34 @@ DEFAULT_KAFKA_CONTROLLER_PORT = 19093
 DEFAULT_POSTGRES_PORT = 15432
 DEFAULT_SMTP_PORT = 12525
 DEFAULT_SMS_PORT = 18025
+#: The local stack's second SMTP sink (``smtp-b``; its API on the next port) and second SMS
+#: stand-in (``sms-b``), the failover providers ``herald run`` points the senders at.
+DEFAULT_SMTP_B_PORT = 12527
+DEFAULT_SMS_B_PORT = 18026
+DEFAULT_WEBHOOK_SINK_PORT = 18030
 DEFAULT_INGEST_PORT = 18000
 DEFAULT_READ_API_PORT = 18001
+
+
+def _url_list(value: str) -> list[str]:
+    """A comma-separated list of URLs (blanks dropped)."""
+    return [url.strip() for url in value.split(",") if url.strip()]
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
     parts = urlsplit(url if "://" in url else f"//{url}")
     return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def cron_expression(value: str, setting: str) -> str:
+    """A schedule setting (cron format) stripped; empty means never. ``ValueError`` naming
+    ``setting`` when it is not a cron expression."""
+    from croniter import croniter
+
+    value = value.strip()
+    if value and not croniter.is_valid(value):
+        raise ValueError(f"{setting} {value!r} is not a cron expression")
+    return value
 
 
 class KafkaSettings(BaseSettings):
@@ -88,7 +109,15 @@ class SmtpSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     smtp_url: str = f"smtp://127.0.0.1:{DEFAULT_SMTP_PORT}"
+    #: Failover relays after ``SMTP_URL``, in order (comma-separated URLs of the same form;
+    #: empty: none). The providers are named smtp-a (SMTP_URL), smtp-b, ...
+    smtp_fallback_urls: str = ""
     email_from: str = "Herald <notifications@herald.local>"
+
+    @property
+    def provider_urls(self) -> list[str]:
+        """``SMTP_URL`` then every fallback, in order."""
+        return [self.smtp_url, *_url_list(self.smtp_fallback_urls)]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -99,13 +128,48 @@ class SmsSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore")
 
     sms_api_url: str = f"http://127.0.0.1:{DEFAULT_SMS_PORT}"
+    #: Failover providers after ``SMS_API_URL``, in order (comma-separated; empty: none), with
+    #: the same API. ``https://SID:TOKEN@host`` gives one its own account sid and token
+    #: (default: SMS_ACCOUNT_SID/SMS_AUTH_TOKEN). Named sms-a (SMS_API_URL), sms-b, ...
+    sms_api_fallback_urls: str = ""
     sms_account_sid: str = "ACherald0000000000000000000000local"
     sms_auth_token: str = "local-token"
     sms_from: str = "+15005550006"
 
+    def providers(self) -> list[SmsSettings]:
+        """The settings of each provider, ``SMS_API_URL`` first, then every fallback (its
+        credentials taken out of its URL when it has some)."""
+        out = [self]
+        for url in _url_list(self.sms_api_fallback_urls):
+            parts = urlsplit(url)
+            update = {"sms_api_url": url}
+            if parts.username:
+                netloc = parts.hostname or ""
+                netloc += f":{parts.port}" if parts.port else ""
+                update = {
+                    "sms_api_url": urlunsplit(parts._replace(netloc=netloc)),
+                    "sms_account_sid": unquote(parts.username),
+                    "sms_auth_token": unquote(parts.password or ""),
+                }
+            out.append(self.model_copy(update=update))
+        return out
+
     @property
     def address(self) -> tuple[str, int]:
         return _host_port(self.sms_api_url, 80)
+
+
+class WebhookSinkSettings(BaseSettings):
+    """The local stack's webhook sink (``herald.devstack.webhook_sink``), where local users'
+    webhook and Slack endpoints point."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    webhook_sink_url: str = f"http://127.0.0.1:{DEFAULT_WEBHOOK_SINK_PORT}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return _host_port(self.webhook_sink_url, 80)
 
 
 class LocalStackSettings(BaseSettings):
@@ -118,6 +182,10 @@ class LocalStackSettings(BaseSettings):
     kafka_heap: str = "768m"
     ingest_port: int = DEFAULT_INGEST_PORT
     read_api_port: int = DEFAULT_READ_API_PORT
+    #: The second SMTP sink (its HTTP API on the next port) and SMS stand-in: the failover
+    #: providers smtp-b and sms-b of the local stack.
+    smtp_b_port: int = DEFAULT_SMTP_B_PORT
+    sms_b_port: int = DEFAULT_SMS_B_PORT
 
 
 class Settings(BaseSettings):
@@ -127,6 +195,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     sms: SmsSettings = Field(default_factory=SmsSettings)
+    webhook_sink: WebhookSinkSettings = Field(default_factory=WebhookSinkSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
 
 

@@ -24,6 +24,8 @@ SERVICES = (
     "services.router",
     "services.email_sender",
     "services.sms_sender",
+    "services.webhook_sender",
+    "services.webhook_sender.slack",
     "services.ingest",
     "services.inapp_store.api",
 )

@@ -90,6 +90,12 @@ class PreferencesIn(BaseModel):
     inapp_enabled: StrictBool = True
     email_enabled: StrictBool = True
     sms_enabled: StrictBool = True
+    webhook_enabled: StrictBool = Field(
+        True, description="Signed webhooks to the user's webhook endpoint, if they have one."
+    )
+    slack_enabled: StrictBool = Field(
+        True, description="Messages to the user's Slack incoming webhook, if they have one."
+    )
     quiet_hours_start: HourMinute | None = Field(
         None, description="Start of quiet hours, HH:MM in the user's time zone."
     )
@@ -147,6 +153,8 @@ class PreferencesOut(BaseModel):
     inapp_enabled: bool
     email_enabled: bool
     sms_enabled: bool
+    webhook_enabled: bool = True
+    slack_enabled: bool = True
     quiet_hours_start: str | None
     quiet_hours_end: str | None
     event_overrides: dict[str, EventOverrideOut]
@@ -174,6 +182,8 @@ def preferences_record(
         "inapp_enabled": row["inapp_enabled"] if row else True,
         "email_enabled": row["email_enabled"] if row else True,
         "sms_enabled": row["sms_enabled"] if row else True,
+        "webhook_enabled": row["webhook_enabled"] if row else True,
+        "slack_enabled": row["slack_enabled"] if row else True,
         "quiet_hours_start": format_hour_minute(start) if start is not None else None,
         "quiet_hours_end": format_hour_minute(end) if end is not None else None,
         "event_overrides": {
@@ -329,7 +339,7 @@ def write_preferences(
         with session.begin():
             timezone = _require_user(session, user_id)
             _check_codes(session, body.event_overrides)
-            user_row = None
+            user_row, endpoints = None, {}
             if body.timezone is not None and body.timezone != timezone:
                 user_row = (
                     session.execute(
@@ -342,11 +352,14 @@ def write_preferences(
                     .one()
                 )
                 timezone = body.timezone
+                endpoints = _enabled_endpoints(session, user_id)
             values = {
                 "user_id": user_id,
                 "inapp_enabled": body.inapp_enabled,
                 "email_enabled": body.email_enabled,
                 "sms_enabled": body.sms_enabled,
+                "webhook_enabled": body.webhook_enabled,
+                "slack_enabled": body.slack_enabled,
                 "quiet_hours_start": _time(body.quiet_hours_start),
                 "quiet_hours_end": _time(body.quiet_hours_end),
             }
@@ -363,7 +376,7 @@ def write_preferences(
         outgoing = [preferences_outgoing(topics, record)]
         if user_row is not None:
             # The time zone lives on the user: the router reads it from the users topic.
-            outgoing.insert(0, _user_outgoing(topics, user_row))
+            outgoing.insert(0, _user_outgoing(topics, user_row, endpoints))
         publish_or_503(
             publisher,
             outgoing,
@@ -385,12 +398,20 @@ def read_preferences(session: Session, user_id: str) -> PreferencesOut:
     )
 
 
-def _user_outgoing(topics: Catalogue, row: Mapping[Any, Any]) -> Outgoing:
-    # Imported here: services.ingest.users imports this module (through the ingest routes).
-    from services.ingest.users import SCHEMA as USER_SCHEMA
-    from services.ingest.users import user_record
+# Imported in the functions: services.ingest.users imports this module (through the ingest
+# routes).
+def _enabled_endpoints(session: Session, user_id: str) -> dict[str, str]:
+    from services.ingest.users import enabled_endpoints
 
-    return Outgoing(topics.users.name, row["id"], encode(USER_SCHEMA, user_record(row)))
+    return enabled_endpoints(session, user_id)
+
+
+def _user_outgoing(
+    topics: Catalogue, row: Mapping[Any, Any], endpoints: Mapping[str, str]
+) -> Outgoing:
+    from services.ingest.users import user_outgoing
+
+    return user_outgoing(topics, row, endpoints)
 
 
 def _time(value: str | None) -> Any:

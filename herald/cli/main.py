@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from herald.cli import db, dev, digest, dlq, topics
+from herald.cli import db, dev, digest, dlq, retention, topics
 from herald.cli.demo import demo
 from herald.cli.publish import publish
 from herald.cli.run import run
@@ -20,6 +20,7 @@ app.add_typer(topics.app, name="topics")
 app.add_typer(db.app, name="db")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(digest.app, name="digest")
+app.add_typer(retention.app, name="retention")
 app.command(name="run")(run)
 app.command(name="publish")(publish)
 app.command(name="demo")(demo)

@@ -8,6 +8,7 @@ exit and restart are logged, as systemd or Kubernetes would do in production.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -19,7 +20,9 @@ import typer
 from herald import demo as scenarios
 from herald.db import migrate
 from herald.devstack import stack
+from herald.devstack.components import local_failover_env
 from herald.devstack.process import StackError
+from herald.netguard import ALLOW_PRIVATE_ENV
 from herald.settings import Settings, get_settings
 from herald.supervisor import (
     SERVICES,
@@ -116,8 +119,13 @@ def bring_up(
         log_dir, say=lambda line: typer.secho(line, fg="yellow", err=True)
     )
     started.services = started.supervisor.services
+    # The senders fail over to the local stack's second SMTP sink and SMS stand-in.
+    failover = local_failover_env(settings)
+    # Users' endpoints may be on loopback (the local webhook sink); nothing else of local mode
+    # (HERALD_ENV=local) is implied, and HERALD_ENV=production still refuses them.
+    env = {**failover, ALLOW_PRIVATE_ENV: os.environ.get(ALLOW_PRIVATE_ENV) or "1"}
     for module in SERVICES:
-        started.supervisor.start(module)
+        started.supervisor.start(module, env)
     typer.echo(f"services: {', '.join(s.name for s in started.services)} (logs in {log_dir})")
     for name, url in urls.items():
         halted = stop.is_set if stop is not None else (lambda: False)

@@ -32,6 +32,7 @@ from typing import Any
 
 import typer
 
+from herald.channels import CHANNELS
 from herald.settings import DatabaseSettings, KafkaSettings, Settings, get_settings
 from schemas import CATALOGUE, Catalogue
 
@@ -42,6 +43,8 @@ SERVICES: tuple[str, ...] = (
     "router",
     "email_sender",
     "sms_sender",
+    "webhook_sender",
+    "slack_sender",
     "inapp_store",
 )
 
@@ -51,6 +54,8 @@ GROUP_SUFFIXES: Mapping[str, str] = {
     "router": "herald-router",
     "email_sender": "email_sender",
     "sms_sender": "sms_sender",
+    "webhook_sender": "webhook_sender",
+    "slack_sender": "slack_sender",
     "inapp_store": "inapp_store",
 }
 
@@ -59,7 +64,12 @@ BREAKER_METRIC = "herald_sender_circuit_open"
 #: The DLQ-flood guard's gauge (herald/dlqlimit.py): 1 while a service holds its dead letters.
 GUARD_METRIC = "herald_dlq_guard_tripped"
 #: Channel of each sender service.
-SENDER_CHANNELS: Mapping[str, str] = {"email_sender": "email", "sms_sender": "sms"}
+SENDER_CHANNELS: Mapping[str, str] = {
+    "email_sender": "email",
+    "sms_sender": "sms",
+    "webhook_sender": "webhook",
+    "slack_sender": "slack",
+}
 
 #: Statuses final for their attempt, and how the screen groups them.
 FINAL_STATUSES: Mapping[str, str] = {
@@ -150,6 +160,17 @@ def consumer_groups(catalogue: Catalogue, prefix: str) -> list[GroupSpec]:
         ),
         GroupSpec(
             "sms_sender", prefix + GROUP_SUFFIXES["sms_sender"], (sms.name, *sms.retry_topic_names)
+        ),
+        *(
+            GroupSpec(
+                service,
+                prefix + GROUP_SUFFIXES[service],
+                (spec.name, *spec.retry_topic_names),
+            )
+            for service, spec in (
+                ("webhook_sender", catalogue.for_channel("webhook")),
+                ("slack_sender", catalogue.for_channel("slack")),
+            )
         ),
         GroupSpec(
             "inapp_store",
@@ -413,7 +434,7 @@ def build_report(
     dlqs: Sequence[str],
     delivery_counts: Mapping[tuple[str, str], int] | None,
     delivery_error: str = "",
-    channels: Iterable[str] = ("inapp", "email", "sms"),
+    channels: Iterable[str] = CHANNELS,
 ) -> dict[str, Any]:
     """The whole report (what ``--json`` prints), ``ok`` and ``problems`` included."""
     by_name = {probe.name: probe for probe in probes}
@@ -484,6 +505,7 @@ def endpoints_from_environment(settings: Settings) -> dict[str, str | None]:
     from services.ingest.settings import IngestSettings
     from services.router.settings import RouterSettings
     from services.sms_sender.settings import SmsSenderSettings
+    from services.webhook_sender.settings import SlackSenderSettings, WebhookSenderSettings
 
     def metrics(port: int) -> str | None:
         # serve_metrics binds 127.0.0.1 (herald.metrics).
@@ -495,6 +517,8 @@ def endpoints_from_environment(settings: Settings) -> dict[str, str | None]:
         "router": metrics(RouterSettings().metrics_port),
         "email_sender": metrics(EmailSenderSettings().metrics_port),
         "sms_sender": metrics(SmsSenderSettings().metrics_port),
+        "webhook_sender": metrics(WebhookSenderSettings().metrics_port),
+        "slack_sender": metrics(SlackSenderSettings().metrics_port),
         "inapp_store": metrics(InappStoreSettings().metrics_port),
     }
 

@@ -257,6 +257,8 @@ Index(
 )
 # Which notifications did an event produce (support, replays).
 Index("ix_notification_event_id", Notification.event_id)
+# Retention deletes the oldest first (migration 0008).
+Index("ix_notification_created_at", Notification.created_at)
 
 
 class NotificationDelivery(Base):
@@ -295,6 +297,12 @@ class NotificationDelivery(Base):
     updated_at: Mapped[datetime] = _updated_at()
 
 
+# Erasure and export find a user's deliveries, skipped ones without a notification too;
+# retention deletes the oldest (migration 0008).
+Index("ix_notification_delivery_user_id", NotificationDelivery.user_id)
+Index("ix_notification_delivery_created_at", NotificationDelivery.created_at)
+
+
 class DeliveryAttempt(Base):
     """The attempt history of a delivery: one row per status event."""
 
@@ -321,6 +329,10 @@ class DeliveryAttempt(Base):
     #: Which of the channel's providers made this attempt (failover), if any.
     provider: Mapped[str | None]
     occurred_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+# Retention deletes attempts by age (migration 0008).
+Index("ix_delivery_attempt_occurred_at", DeliveryAttempt.occurred_at)
 
 
 #: Longest endpoint URL (migration 0007).
@@ -380,6 +392,10 @@ class SendJournal(Base):
     claim_token: Mapped[uuid.UUID | None]
 
 
+# Retention deletes journal rows by age (migration 0008).
+Index("ix_send_journal_updated_at", SendJournal.updated_at)
+
+
 class KnownDevice(Base):
     """A device a user has been seen on (new-device alerts)."""
 
@@ -426,6 +442,8 @@ class HeldDelivery(Base):
 
 # The release loop reads the due rows, oldest first.
 Index("ix_held_delivery_release_at", HeldDelivery.release_at)
+# A user's held deliveries are reviewed when their record or preferences change (migration 0008).
+Index("ix_held_delivery_user_id", HeldDelivery.user_id)
 
 
 class IdempotencyKey(Base):

@@ -28,6 +28,7 @@ from herald.settings import (
     DEFAULT_POSTGRES_PORT,
     DEFAULT_SMS_PORT,
     DEFAULT_SMTP_PORT,
+    DEFAULT_WEBHOOK_SINK_PORT,
     Settings,
 )
 
@@ -485,6 +486,93 @@ class Sms(Component):
         )  # fmt: skip
 
 
+class WebhookSink(Component):
+    """Where local users' webhook and Slack endpoints point: records every request."""
+
+    name = "webhook_sink"
+    env_var = "WEBHOOK_SINK_URL"
+    default_address = f"http://127.0.0.1:{DEFAULT_WEBHOOK_SINK_PORT}"
+    start_timeout = 30.0
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return self.settings.webhook_sink.address
+
+    @property
+    def address(self) -> str:
+        return self.settings.webhook_sink.webhook_sink_url
+
+    def detail(self) -> str:
+        return f"webhook/Slack sink; requests at {self.address}/requests"
+
+    def _launch(self) -> None:
+        host, port = self.host_port
+        spawn(
+            [sys.executable, "-m", "herald.devstack.webhook_sink", "--host", host,
+             "--port", str(port)],
+            pidfile=self.pidfile,
+            log=self.log,
+        )  # fmt: skip
+
+
+class SmtpB(Smtp):
+    """A second SMTP sink (``smtp-b``): the email sender's failover relay in the local stack."""
+
+    name = "smtp-b"
+    env_var = ""
+    default_address = ""
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return "127.0.0.1", self.settings.local.smtp_b_port
+
+    @property
+    def managed(self) -> bool:
+        return True
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.host_port[1]}"
+
+    def detail(self) -> str:
+        return f"failover relay smtp-b; {super().detail()}"
+
+
+class SmsB(Sms):
+    """A second SMS stand-in (``sms-b``): the SMS sender's failover provider locally."""
+
+    name = "sms-b"
+    env_var = ""
+    default_address = ""
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return "127.0.0.1", self.settings.local.sms_b_port
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.host_port[1]}"
+
+    @property
+    def managed(self) -> bool:
+        return True
+
+    def detail(self) -> str:
+        return f"failover provider sms-b; {super().detail()}"
+
+
+def local_failover_env(settings: Settings) -> dict[str, str]:
+    """The environment that points the senders at the local stack's second providers
+    (``SMTP_FALLBACK_URLS``, ``SMS_API_FALLBACK_URLS``), for each channel whose primary is
+    the local stand-in and whose fallbacks are not set already (``herald run``)."""
+    env: dict[str, str] = {}
+    if Smtp(settings).managed and not settings.smtp.smtp_fallback_urls:
+        env["SMTP_FALLBACK_URLS"] = SmtpB(settings).url
+    if Sms(settings).managed and not settings.sms.sms_api_fallback_urls:
+        env["SMS_API_FALLBACK_URLS"] = SmsB(settings).address
+    return env
+
+
 def components(
     settings: Settings, *, private: bool = False, kafka_libs: Path | None = None
 ) -> list[Component]:
@@ -498,4 +586,8 @@ def components(
         Kafka(settings, private=private, libs=kafka_libs),
         Smtp(settings, private=private),
         Sms(settings, private=private),
+        # The failover providers (smtp-b, sms-b); not in a private (chaos) stack.
+        *([] if private else [SmtpB(settings), SmsB(settings)]),
+        # Not in a private (chaos) stack: nothing there sends webhooks.
+        *([] if private else [WebhookSink(settings)]),
     ]

@@ -10,6 +10,7 @@ path predicate.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -189,6 +190,23 @@ def control_routes(
         except (ValueError, TypeError, AttributeError):
             return Response(400, {"detail": "body must be JSON with a number 'ms'"})
         return Response(200, {"ms": holder.latency_ms})
+
+
+def standin_parser(
+    description: str | None, latency_env: str, answer: str
+) -> argparse.ArgumentParser:
+    """The command line every stand-in takes: ``--host``, ``--port`` and ``--latency-ms`` (the
+    latency of ``answer``; default from environment variable ``latency_env``, else 0)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=latency_from_env(latency_env),
+        help=f"answer latency of {answer} (default: ${latency_env} or 0)",
+    )
+    return parser
 
 
 def latency_from_env(name: str) -> float:

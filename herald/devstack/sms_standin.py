@@ -23,7 +23,6 @@ Run: ``python -m herald.devstack.sms_standin --port 18025 --store FILE``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
@@ -37,8 +36,8 @@ from herald.devstack.httpd import (
     Request,
     Response,
     control_routes,
-    latency_from_env,
     run_until_signalled,
+    standin_parser,
 )
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -217,19 +216,10 @@ async def serve(host: str, port: int, provider: Provider) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Herald's SMS provider stand-in")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser = standin_parser("Herald's SMS provider stand-in", LATENCY_ENV, "a message post")
     parser.add_argument("--store", type=Path, default=None)
-    parser.add_argument(
-        "--latency-ms",
-        type=float,
-        default=None,
-        help=f"answer latency of a message post (default: ${LATENCY_ENV} or 0)",
-    )
     args = parser.parse_args()
-    latency = args.latency_ms if args.latency_ms is not None else latency_from_env(LATENCY_ENV)
-    asyncio.run(serve(args.host, args.port, Provider(args.store, latency)))
+    asyncio.run(serve(args.host, args.port, Provider(args.store, args.latency_ms)))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Run: ``python -m herald.devstack.smtp_sink --port 12525 --api-port 12526 --store
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import email.parser
 import email.policy
@@ -39,8 +38,8 @@ from herald.devstack.httpd import (
     Request,
     Response,
     control_routes,
-    latency_from_env,
     run_until_signalled,
+    standin_parser,
 )
 
 LATENCY_ENV = "HERALD_SMTP_SINK_LATENCY_MS"
@@ -230,20 +229,12 @@ async def serve(host: str, port: int, api_port: int, sink: Sink) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    description = __doc__.splitlines()[0] if __doc__ else None
+    parser = standin_parser(description, LATENCY_ENV, "the end of DATA")
     parser.add_argument("--api-port", type=int, required=True)
     parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument(
-        "--latency-ms",
-        type=float,
-        default=None,
-        help=f"answer latency at the end of DATA (default: ${LATENCY_ENV} or 0)",
-    )
     args = parser.parse_args()
-    latency = args.latency_ms if args.latency_ms is not None else latency_from_env(LATENCY_ENV)
-    asyncio.run(serve(args.host, args.port, args.api_port, Sink(args.store, latency)))
+    asyncio.run(serve(args.host, args.port, args.api_port, Sink(args.store, args.latency_ms)))
 
 
 if __name__ == "__main__":

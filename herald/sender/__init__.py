@@ -33,9 +33,15 @@ sender backs off — doubling up to a ceiling — trying one record at a time un
 Every transient failure in a row also halves the number of sends in flight.
 ``herald_sender_circuit_open`` is 1 while it waits; alert on it.
 
+A channel with several providers (``SMTP_FALLBACK_URLS``, ``SMS_API_FALLBACK_URLS``) sends
+through a :class:`~herald.sender.providers.ProviderChain`: each provider has its own breaker,
+sends fall over to the next provider while the first fails, and return once a probe succeeds;
+the handler's breaker then opens only when every provider fails.
+
 Modules: :mod:`~herald.sender.handler` (the decisions), :mod:`~herald.sender.journal` (the
 send journal), :mod:`~herald.sender.breaker`, :mod:`~herald.sender.pool` (concurrent sends
-and the rate limit), :mod:`~herald.sender.service` (settings and the main loop).
+and the rate limit), :mod:`~herald.sender.providers` (provider failover),
+:mod:`~herald.sender.service` (settings and the main loop).
 """
 
 from herald.sender.breaker import Breaker
@@ -62,7 +68,8 @@ from herald.sender.journal import (
     PostgresJournal,
     SendJournal,
 )
-from herald.sender.pool import SendFunction, SendPool, TokenBucket
+from herald.sender.pool import SendFunction, SendPool, Sent, TokenBucket
+from herald.sender.providers import ProviderChain, provider_names, resend_uncertain_safe
 from herald.sender.service import SenderSettings, run_sender, serve_channel
 
 __all__ = [
@@ -79,6 +86,7 @@ __all__ = [
     "JournalEntry",
     "JournalStopped",
     "PostgresJournal",
+    "ProviderChain",
     "RecentlySent",
     "SendFunction",
     "SendJournal",
@@ -86,10 +94,13 @@ __all__ = [
     "SenderHandler",
     "SenderRoutes",
     "SenderSettings",
+    "Sent",
     "TokenBucket",
     "attempt_of",
     "decode_request",
+    "provider_names",
     "replay_count_of",
+    "resend_uncertain_safe",
     "run_sender",
     "serve_channel",
 ]

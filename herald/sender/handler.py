@@ -17,14 +17,20 @@ from typing import Any
 from confluent_kafka import Message
 from prometheus_client import Counter, Gauge
 
-from herald.errors import PermanentError, ProcessingError, RetryableError
+from herald.errors import (
+    EndpointRetryableError,
+    PermanentError,
+    ProcessingError,
+    RetryableError,
+    SkipDelivery,
+)
 from herald.headers import HEADERS_INVALID, header_problems, read_headers
 from herald.identity import check_id_length
 from herald.metrics import DELIVERIES, ERRORS
 from herald.observability import observe_final
 from herald.sender.breaker import Breaker
 from herald.sender.journal import Claim, JournalEntry, SendJournal
-from herald.sender.pool import IN_FLIGHT, SendFunction, SendPool
+from herald.sender.pool import IN_FLIGHT, SendFunction, SendPool, Sent, as_sent
 from herald.serde import SerdeError, decode
 from herald.status import status_event, status_outgoing
 from herald.streaming import Handled, Outgoing, failure_record
@@ -202,6 +208,7 @@ class SenderHandler:
         recently_sent: RecentlySent | None = None,
         breaker: Breaker | None = None,
         batch_budget_seconds: float = 0,
+        prepare: Callable[[list[dict[str, Any]]], None] | None = None,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -218,6 +225,9 @@ class SenderHandler:
         self.recently_sent = recently_sent if recently_sent is not None else RecentlySent()
         self.breaker = breaker if breaker is not None else Breaker(failures=0)
         self.batch_budget_seconds = batch_budget_seconds
+        #: Called once per batch with its decoded requests before any is sent (e.g. the
+        #: webhook sender reads every endpoint of the batch in one query).
+        self.prepare = prepare
         self.clock = clock
         self.timer = timer
         self._window = 1
@@ -249,8 +259,10 @@ class SenderHandler:
                 outgoing.append(self._route_failure(message, exc))
                 ERRORS.labels(self.service, exc.error_class).inc()
         journal = self.journal.states({request["delivery_id"] for _, request in decoded})
+        if self.prepare is not None and decoded:
+            self.prepare([request for _, request in decoded])
         results: list[list[Outgoing]] = [[] for _ in decoded]
-        in_flight: dict[Future[str], int] = {}
+        in_flight: dict[Future[str | Sent], int] = {}
         busy: set[str] = set()  # delivery ids claimed or in flight
         held_from: int | None = None
         index = 0
@@ -302,7 +314,7 @@ class SenderHandler:
         decoded: list[tuple[Message, dict[str, Any]]],
         journal: dict[str, JournalEntry],
         results: list[list[Outgoing]],
-        in_flight: dict[Future[str], int],
+        in_flight: dict[Future[str | Sent], int],
         busy: set[str],
     ) -> None:
         """Claim the group's deliveries (one statement) and hand those won to the pool."""
@@ -329,15 +341,15 @@ class SenderHandler:
 
     def _finish(
         self,
-        done: set[Future[str]],
+        done: set[Future[str | Sent]],
         decoded: list[tuple[Message, dict[str, Any]]],
         results: list[list[Outgoing]],
-        in_flight: dict[Future[str], int],
+        in_flight: dict[Future[str | Sent], int],
         busy: set[str],
     ) -> None:
         """Record the outcome of completed sends: confirm those the provider accepted (one
         statement), release the claims of those that certainly failed (one statement)."""
-        accepted: list[tuple[int, str]] = []
+        accepted: list[tuple[int, Sent]] = []
         released: list[str] = []
         # In batch order, so the breaker sees failures in the order the records came.
         for future in sorted(done, key=in_flight.__getitem__):
@@ -347,9 +359,14 @@ class SenderHandler:
             attempt = attempt_of(message)
             exc = future.exception()
             if exc is None:
-                accepted.append((i, future.result()))
+                accepted.append((i, as_sent(future.result())))
                 continue
             busy.discard(delivery_id)
+            if isinstance(exc, SkipDelivery):
+                # Not to be sent (e.g. the endpoint was removed): reported, nothing parked.
+                released.append(delivery_id)
+                results[i] = self._skipped(message, request, attempt, exc)
+                continue
             if isinstance(exc, ProcessingError):
                 # The channel judged it not sent (a refusal, an error reply, no connection):
                 # the claim is released, so a retry or a replay is an ordinary send.
@@ -369,8 +386,10 @@ class SenderHandler:
         self.journal.release_many(released)
         if not accepted:
             return
-        self.journal.confirm_many([(decoded[i][1]["delivery_id"], pid) for i, pid in accepted])
-        for i, provider_id in accepted:
+        self.journal.confirm_many(
+            [(decoded[i][1]["delivery_id"], sent.message_id) for i, sent in accepted]
+        )
+        for i, sent in accepted:
             message, request = decoded[i]
             delivery_id = request["delivery_id"]
             busy.discard(delivery_id)
@@ -385,7 +404,11 @@ class SenderHandler:
             DELIVERIES.labels(self.routes.channel, "sent").inc()
             observe_final(self.routes.channel, "sent", message.headers())
             event = status_event(
-                request, "sent", attempt=attempt_of(message), provider_message_id=provider_id
+                request,
+                "sent",
+                attempt=attempt_of(message),
+                provider_message_id=sent.message_id,
+                provider=sent.provider,
             )
             results[i] = [status_outgoing(self.catalogue, event)]
 
@@ -437,6 +460,24 @@ class SenderHandler:
         log.info("already sent; skipped", extra={"delivery_id": delivery_id})
         return []
 
+    def _skipped(
+        self, message: Message, request: dict[str, Any], attempt: int, reason: SkipDelivery
+    ) -> list[Outgoing]:
+        DELIVERIES.labels(self.routes.channel, "skipped").inc()
+        observe_final(self.routes.channel, "skipped", message.headers())
+        log.info(
+            "delivery skipped",
+            extra={
+                "delivery_id": request["delivery_id"],
+                "error_class": reason.error_class,
+                "error": reason.message,
+            },
+        )
+        event = status_event(
+            request, "skipped", attempt=attempt, error=reason, provider=reason.provider
+        )
+        return [status_outgoing(self.catalogue, event)]
+
     def _failed(
         self,
         message: Message,
@@ -454,7 +495,11 @@ class SenderHandler:
         if status != "retrying":
             observe_final(self.routes.channel, status, message.headers())
         ERRORS.labels(self.service, error.error_class).inc()
-        if isinstance(error, RetryableError) and error.error_class != "sender.batch_budget":
+        if (
+            isinstance(error, RetryableError)
+            and not isinstance(error, EndpointRetryableError)
+            and error.error_class != "sender.batch_budget"
+        ):
             self._provider_failed(error)
         log.warning(
             "delivery %s",
@@ -467,7 +512,7 @@ class SenderHandler:
                 "to_topic": record.topic,
             },
         )
-        event = status_event(request, status, attempt=attempt, error=error)
+        event = status_event(request, status, attempt=attempt, error=error, provider=error.provider)
         return [record, status_outgoing(self.catalogue, event)]
 
     def _provider_failed(self, error: ProcessingError) -> None:

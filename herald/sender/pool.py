@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -46,15 +46,28 @@ PROVIDER_SECONDS = Histogram(
 )
 
 
+class Sent(NamedTuple):
+    """What a send function over several providers returns (:mod:`herald.sender.providers`):
+    the provider's message id and which provider sent it (the status event's ``provider``)."""
+
+    message_id: str
+    provider: str | None
+
+
+def as_sent(result: str | Sent) -> Sent:
+    """A send function's result as a :class:`Sent` (provider None for a bare message id)."""
+    return result if isinstance(result, Sent) else Sent(result, None)
+
+
 class SendFunction(Protocol):
     """A channel's way of sending one delivery; safe to call from several threads at once.
 
-    Returns the provider's id for the sent message (the email's Message-ID, the SMS sid);
-    raises :class:`~herald.errors.RetryableError` or :class:`~herald.errors.PermanentError`
-    when it could not send.
+    Returns the provider's id for the sent message (the email's Message-ID, the SMS sid), or
+    a :class:`Sent` naming the provider too; raises :class:`~herald.errors.RetryableError` or
+    :class:`~herald.errors.PermanentError` when it could not send.
     """
 
-    def __call__(self, request: Mapping[str, Any]) -> str: ...
+    def __call__(self, request: Mapping[str, Any]) -> str | Sent: ...
 
 
 class TokenBucket:
@@ -132,18 +145,18 @@ class SendPool:
         for outcome in ("ok", "error"):
             PROVIDER_SECONDS.labels(channel, outcome)
 
-    def submit(self, request: Mapping[str, Any]) -> Future[str]:
+    def submit(self, request: Mapping[str, Any]) -> Future[str | Sent]:
         """Start sending ``request``; the future holds the provider id or the exception."""
         if self._executor is not None:
             return self._executor.submit(self._send, request)
-        future: Future[str] = Future()
+        future: Future[str | Sent] = Future()
         try:
             future.set_result(self._send(request))
         except Exception as exc:
             future.set_exception(exc)
         return future
 
-    def _send(self, request: Mapping[str, Any]) -> str:
+    def _send(self, request: Mapping[str, Any]) -> str | Sent:
         waited = self.limit.acquire()
         if waited:
             RATE_LIMITED.labels(self.channel).inc(waited)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import Field
@@ -16,6 +16,7 @@ from herald.sender.breaker import Breaker
 from herald.sender.handler import CIRCUIT_TRIPS, SenderHandler, SenderRoutes
 from herald.sender.journal import JournalStopped, PostgresJournal, SendJournal
 from herald.sender.pool import SendFunction, SendPool, TokenBucket
+from herald.sender.providers import ProviderChain, Uncertain, never_uncertain
 from herald.settings import KafkaSettings, Settings
 from herald.streaming import DEAD_LETTERS, RETRIES, BatchLoop, header_not_before
 from schemas import CATALOGUE, Catalogue
@@ -37,6 +38,7 @@ def run_sender(
     resend_uncertain: bool = False,
     breaker: Breaker | None = None,
     batch_budget_seconds: float = 0,
+    prepare: Callable[[list[dict[str, Any]]], None] | None = None,
     consumer_overrides: Mapping[str, Any] | None = None,
     stop: threading.Event | None = None,
 ) -> int:
@@ -66,6 +68,7 @@ def run_sender(
         resend_uncertain=resend_uncertain,
         breaker=breaker,
         batch_budget_seconds=batch_budget_seconds,
+        prepare=prepare,
     )
     loop = BatchLoop(
         service=service,
@@ -133,6 +136,30 @@ class SenderSettings(BaseSettings):
             backoff_max=self.breaker_backoff_max_seconds,
         )
 
+    #: Provider failover (several providers, :mod:`herald.sender.providers`): transient
+    #: failures in a row after which a provider is skipped and sends go to the next one.
+    provider_breaker_failures: int = Field(default=5, ge=1)
+    #: How long a failing provider is skipped before one send probes it; doubled after each
+    #: failed probe up to ``provider_backoff_max_seconds``.
+    provider_backoff_seconds: float = Field(default=5.0, gt=0, le=3600)
+    provider_backoff_max_seconds: float = Field(default=60.0, gt=0, le=3600)
+
+    def provider_chain(
+        self,
+        channel: str,
+        providers: Sequence[tuple[str, SendFunction]],
+        uncertain: Uncertain = never_uncertain,
+    ) -> ProviderChain:
+        """The channel's providers, in order, as one send function with failover."""
+        return ProviderChain(
+            channel,
+            providers,
+            failures=self.provider_breaker_failures,
+            backoff=self.provider_backoff_seconds,
+            backoff_max=self.provider_backoff_max_seconds,
+            uncertain=uncertain,
+        )
+
 
 def serve_channel(
     *,
@@ -143,6 +170,7 @@ def serve_channel(
     send: SendFunction,
     close: Callable[[], None],
     resend_uncertain: bool = False,
+    prepare: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> int:
     """A channel sender's main loop: ``run_sender`` with the settings every sender shares,
     then ``close`` (the provider connection) and the database pool, however it ended."""
@@ -173,6 +201,7 @@ def serve_channel(
             resend_uncertain=resend_uncertain,
             breaker=own.breaker(),
             batch_budget_seconds=own.batch_budget_seconds,
+            prepare=prepare,
             stop=stop,
         )
     finally:

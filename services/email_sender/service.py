@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from herald import logs
+from herald.errors import RetryableError
 from herald.metrics import serve_metrics
-from herald.sender import serve_channel
+from herald.sender import provider_names, serve_channel
 from herald.settings import get_settings
 from services.email_sender.message import build_message, envelope_sender
 from services.email_sender.settings import EmailSenderSettings
@@ -38,24 +39,49 @@ class EmailSender:
         return str(message["Message-ID"])
 
 
+def uncertain(error: RetryableError) -> bool:
+    """Whether the relay may have taken the message despite ``error``: anything but a 4xx
+    reply or a refused connection (a timeout or a dropped session after DATA may follow an
+    accepted message). Such a delivery is not sent through another relay."""
+    return error.error_class not in ("smtp.4xx", "smtp.connection_refused")
+
+
 def main() -> int:
     """Run the email sender until SIGTERM; return the process exit status."""
     own = EmailSenderSettings()
     logs.configure(own.log_level)
     settings = get_settings()
     serve_metrics(own.metrics_port)
-    # One connection per send in flight (EMAIL_SENDER_CONCURRENCY).
-    transport = SmtpPool(
-        SmtpEndpoint.from_url(settings.smtp.smtp_url),
-        own.concurrency,
-        timeout=own.smtp_timeout_seconds,
-        idle_check_seconds=own.smtp_idle_check_seconds,
+    # One connection per send in flight (EMAIL_SENDER_CONCURRENCY) to each relay: SMTP_URL,
+    # then SMTP_FALLBACK_URLS (smtp-a, smtp-b, ...); a relay's connections open on first use.
+    urls = settings.smtp.provider_urls
+    transports = [
+        SmtpPool(
+            SmtpEndpoint.from_url(url),
+            own.concurrency,
+            timeout=own.smtp_timeout_seconds,
+            idle_check_seconds=own.smtp_idle_check_seconds,
+        )
+        for url in urls
+    ]
+    chain = own.provider_chain(
+        CHANNEL,
+        [
+            (name, EmailSender(transport, settings.smtp.email_from))
+            for name, transport in zip(provider_names("smtp", len(urls)), transports, strict=True)
+        ],
+        uncertain,
     )
+
+    def close() -> None:
+        for transport in transports:
+            transport.close()
+
     return serve_channel(
         service=SERVICE,
         channel=CHANNEL,
         own=own,
         settings=settings,
-        send=EmailSender(transport, settings.smtp.email_from),
-        close=transport.close,
+        send=chain,
+        close=close,
     )

@@ -187,6 +187,8 @@ class DeliveryRow:
     error_class: str | None = None
     error_message: str | None = None
     provider_message_id: str | None = None
+    #: Which of the channel's providers made the attempt (``sms-b``; provider failover).
+    provider: str | None = None
 
     @property
     def retry_count(self) -> int:
@@ -227,6 +229,7 @@ class AttemptRow:
     error_class: str | None
     error_message: str | None
     occurred_at: datetime
+    provider: str | None = None
 
 
 def notification_row(record: Mapping[str, Any]) -> NotificationRow:
@@ -280,6 +283,7 @@ def status_rows(event: Mapping[str, Any]) -> tuple[DeliveryRow, AttemptRow]:
     attempt = max(int(event["attempt"]), 1)
     error_class = _optional_text(event["error_class"])
     error_message = _optional_text(event["error_message"])
+    provider = _optional_text(event.get("provider"))
     delivery = DeliveryRow(
         id=delivery_id,
         notification_id=notification_id,
@@ -291,6 +295,7 @@ def status_rows(event: Mapping[str, Any]) -> tuple[DeliveryRow, AttemptRow]:
         error_class=error_class,
         error_message=error_message,
         provider_message_id=_optional_text(event["provider_message_id"]),
+        provider=provider,
     )
     attempt_row = AttemptRow(
         delivery_id=delivery_id,
@@ -299,6 +304,7 @@ def status_rows(event: Mapping[str, Any]) -> tuple[DeliveryRow, AttemptRow]:
         error_class=error_class,
         error_message=error_message,
         occurred_at=event["occurred_at"],
+        provider=provider,
     )
     return delivery, attempt_row
 
@@ -394,9 +400,9 @@ def _staged_upsert(table: str, columns: str, order_by: str, on_conflict: str) ->
 _NOTIFICATION_COLUMNS = "id, event_id, user_id, event_type, title, message, metadata, created_at"
 _DELIVERY_COLUMNS = (
     "id, notification_id, user_id, channel, status, attempted_at, delivered_at, retry_count, "
-    "error_class, error_message, provider_message_id"
+    "error_class, error_message, provider_message_id, provider"
 )
-_ATTEMPT_COLUMNS = "delivery_id, attempt, status, error_class, error_message, occurred_at"
+_ATTEMPT_COLUMNS = "delivery_id, attempt, status, error_class, error_message, occurred_at, provider"
 
 #: A duplicate notification changes nothing (is_read and read_at are never touched). The one
 #: exception: a row first written from an in-app request has no metadata; the notification
@@ -418,7 +424,8 @@ DELIVERY_UPSERT: Final = _staged_upsert(
     "status = EXCLUDED.status, attempted_at = EXCLUDED.attempted_at, "
     "delivered_at = EXCLUDED.delivered_at, retry_count = EXCLUDED.retry_count, "
     "error_class = EXCLUDED.error_class, error_message = EXCLUDED.error_message, "
-    "provider_message_id = EXCLUDED.provider_message_id, updated_at = now() "
+    "provider_message_id = EXCLUDED.provider_message_id, provider = EXCLUDED.provider, "
+    "updated_at = now() "
     f"WHERE {outranks_sql('EXCLUDED', DELIVERY_TABLE)}",
 )
 
@@ -490,11 +497,20 @@ def table_values(rows: BatchRows) -> dict[str, list[tuple[Any, ...]]]:
                 r.error_class,
                 r.error_message,
                 r.provider_message_id,
+                r.provider,
             )
             for r in rows.delivery_rows()
         ],
         ATTEMPT_TABLE: [
-            (r.delivery_id, r.attempt, r.status, r.error_class, r.error_message, r.occurred_at)
+            (
+                r.delivery_id,
+                r.attempt,
+                r.status,
+                r.error_class,
+                r.error_message,
+                r.occurred_at,
+                r.provider,
+            )
             for r in rows.attempt_rows()
         ],
     }

@@ -20,7 +20,7 @@ from herald.webapi import (
     install_problem_handlers,
 )
 from schemas import CATALOGUE
-from services.ingest import event_types, events, health, preferences, users
+from services.ingest import endpoints, event_types, events, health, lifecycle, preferences, users
 from services.ingest.publisher import Publisher
 from services.ingest.settings import IngestSettings
 
@@ -28,7 +28,8 @@ SERVICE = "ingest"
 
 DESCRIPTION = """
 Publish events to Herald over HTTP, and administer what the router needs to know: event types
-(with their templates), users (how to reach them) and their preferences.
+(with their templates), users (how to reach them), their preferences and their webhook and
+Slack endpoints.
 
 Every admin write is stored in PostgreSQL, then published to its compacted Kafka topic before
 the response, so the router sees it at once. Every error is an RFC 9457 problem
@@ -102,4 +103,6 @@ def create_app(
     app.include_router(event_types.router)
     app.include_router(users.router)
     app.include_router(preferences.router)
+    app.include_router(endpoints.router)
+    app.include_router(lifecycle.router)
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.orm import Session
 
+from herald.channels import CHANNELS, ENDPOINT_CHANNELS
 from herald.db.models import EventType
 from herald.db.upsert import upsert
 from herald.serde import encode
@@ -62,6 +63,61 @@ class Template(BaseModel):
     html: TemplateSource | None = Field(None, description="HTML body (email only).")
 
 
+#: Seconds per unit of a digest window (``"90s"``, ``"10m"``, ``"1h"``, ``"1d"``).
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+#: The longest digest window: a week (the state of an open window lives in the router).
+MAX_DIGEST_WINDOW_S = 7 * 86_400
+
+
+def window_seconds(value: str | int) -> int:
+    """A digest window as seconds: an integer count of seconds, or a number with a unit
+    (``s``, ``m``, ``h``, ``d``), 1 second to a week; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError("window: give seconds or a duration such as '10m'")
+    if isinstance(value, int):
+        seconds = value
+    else:
+        text = value.strip().lower()
+        unit = _WINDOW_UNITS.get(text[-1:]) if text[-1:].isalpha() else 1
+        number = text[:-1] if text[-1:].isalpha() else text
+        if unit is None or not number.isdigit():
+            raise ValueError(f"window: {value!r} is not a duration such as '90s', '10m' or '1h'")
+        seconds = int(number) * unit
+    if not 1 <= seconds <= MAX_DIGEST_WINDOW_S:
+        raise ValueError(f"window: {value!r} must be 1 second to 7 days")
+    return seconds
+
+
+class Digest(BaseModel):
+    """Gather this type's events for one user (and key) within the window into one digest
+    notification, rendered from the ``digest`` template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window: Annotated[str | int, AfterValidator(window_seconds)] = Field(
+        description="Seconds, or a duration with a unit: '90s', '10m', '1h', '1d' (at most 7 "
+        "days); the window starts with its first event.",
+        examples=["10m"],
+    )
+    key: str | None = Field(
+        None,
+        max_length=64,
+        description="Context key grouping events within a user's window (e.g. post_id).",
+        examples=["post_id"],
+    )
+
+    @model_validator(mode="after")
+    def _key(self) -> Digest:
+        if self.key is not None and not self.key.isidentifier():
+            raise ValueError(f"digest.key: {self.key!r} is not a valid variable name")
+        return self
+
+
+class DigestOut(BaseModel):
+    window_s: int
+    key: str | None = None
+
+
 class EventTypeFields(BaseModel):
     """An event type's settings (everything but its code)."""
 
@@ -74,12 +130,16 @@ class EventTypeFields(BaseModel):
     mandatory: StrictBool = Field(False, description="Ignores user opt-outs (security alerts).")
     urgent: StrictBool = Field(False, description="Delivered during quiet hours.")
     channels: list[Channel] = Field(
-        default_factory=lambda: cast(list[Channel], ["inapp", "email"]), min_length=1, max_length=3
+        default_factory=lambda: cast(list[Channel], ["inapp", "email"]),
+        min_length=1,
+        max_length=len(CHANNELS),
     )
-    templates: dict[Channel, Template] | None = Field(
+    digest: Digest | None = Field(None, description="A digest window; null: none.")
+    templates: dict[Channel | Literal["digest"], Template] | None = Field(
         None,
         description="Templates per channel. Channels left out keep their stored template, or "
-        "get a generated one listing the context keys.",
+        "get a generated one listing the context keys; webhook and Slack left out use the "
+        "in-app template when the type has the in-app channel.",
     )
     context_keys: list[str] | None = Field(
         None,
@@ -92,6 +152,8 @@ class EventTypeFields(BaseModel):
     def _consistent(self) -> EventTypeFields:
         self.channels = cast(list[Channel], unique_channels(list(self.channels)))
         for channel, template in (self.templates or {}).items():
+            if channel == "digest":  # the digest's template, for every channel
+                continue
             if channel not in self.channels:
                 raise ValueError(
                     f"templates has a {channel!r} template but channels is {self.channels}; "
@@ -170,6 +232,7 @@ class EventTypeOut(BaseModel):
     urgent: bool
     channels: list[str]
     templates: dict[str, TemplateOut]
+    digest: DigestOut | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -190,7 +253,9 @@ def resolve_templates(
     fields: EventTypeFields, stored: Mapping[str, Any] | None
 ) -> dict[str, dict[str, str | None]]:
     """One template per channel: the request's, else the stored one (unless ``context_keys``
-    asks for regeneration), else one generated from the name and ``context_keys``."""
+    asks for regeneration), else one generated from the name and ``context_keys``. Webhook
+    and Slack without one of their own get none when the type has the in-app channel: the
+    router renders them from the in-app template (so they follow it when it changes)."""
     chosen: dict[str, dict[str, str | None]] = {
         channel: template.model_dump() for channel, template in (fields.templates or {}).items()
     }
@@ -198,10 +263,15 @@ def resolve_templates(
         for channel in fields.channels:
             if channel not in chosen and stored and channel in stored:
                 chosen[channel] = _template(stored[channel])
-    missing = [channel for channel in fields.channels if channel not in chosen]
+    inapp_fallback = "inapp" in fields.channels
+    missing = [
+        channel
+        for channel in fields.channels
+        if channel not in chosen and not (inapp_fallback and channel in ENDPOINT_CHANNELS)
+    ]
     if missing:
         chosen.update(generate_templates(fields.name, fields.context_keys or [], missing))
-    return {channel: chosen[channel] for channel in fields.channels}
+    return {channel: chosen[channel] for channel in fields.channels if channel in chosen}
 
 
 def event_type_values(
@@ -217,8 +287,27 @@ def event_type_values(
         "mandatory": fields.mandatory,
         "urgent": fields.urgent,
         "channels": list(fields.channels),
-        "templates": resolve_templates(fields, stored_templates),
+        "templates": {
+            **resolve_templates(fields, stored_templates),
+            **_digest_template(fields, stored_templates),
+        },
+        "digest": (
+            {"window_s": fields.digest.window, "key": fields.digest.key} if fields.digest else None
+        ),
     }
+
+
+def _digest_template(
+    fields: EventTypeFields, stored: Mapping[str, Any] | None
+) -> dict[str, dict[str, str | None]]:
+    """The ``digest`` template: the request's, else the stored one (the router renders a
+    generated one when there is none, see services.router.digests)."""
+    given = (fields.templates or {}).get("digest")
+    if given is not None:
+        return {"digest": given.model_dump()}
+    if stored and "digest" in stored:
+        return {"digest": _template(stored["digest"])}
+    return {}
 
 
 def event_type_record(row: Mapping[Any, Any]) -> dict[str, Any]:
@@ -233,6 +322,7 @@ def event_type_record(row: Mapping[Any, Any]) -> dict[str, Any]:
         "channels": list(row["channels"]),
         "templates": {ch: _template(t) for ch, t in (row["templates"] or {}).items()},
         "urgent": row["urgent"],
+        "digest": row.get("digest"),
         "updated_at": row["updated_at"],
     }
 

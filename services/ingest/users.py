@@ -3,7 +3,9 @@
 A write goes to ``user_account`` first, then the user is published as ``herald.User`` on the
 compacted ``herald.users.v1`` (key: user id). A user created without preferences also gets
 default preferences (every channel on); the user's current preferences are published with the
-user, so the router knows the user's choices from the first event on.
+user, so the router knows the user's choices from the first event on. The record also carries
+the user's enabled webhook and Slack endpoints (``endpoints``: kind -> URL, see
+:mod:`services.ingest.endpoints`), so every publish of the user repeats them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from herald.db.models import NotificationPreference, UserAccount
+from herald.db.models import ChannelEndpoint, NotificationPreference, UserAccount
 from herald.db.upsert import upsert
 from herald.serde import encode
 from herald.streaming import Outgoing
@@ -43,6 +45,7 @@ from services.ingest.validation import (
 SCHEMA = "herald.User"
 USER = cast(Table, UserAccount.__table__)
 PREFERENCE = cast(Table, NotificationPreference.__table__)
+ENDPOINT = cast(Table, ChannelEndpoint.__table__)
 
 router = APIRouter(
     prefix="/v1/users",
@@ -91,8 +94,11 @@ class UserOut(BaseModel):
     updated_at: datetime
 
 
-def user_record(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """The ``herald.User`` record of a stored ``user_account`` row."""
+def user_record(
+    row: Mapping[Any, Any], endpoints: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The ``herald.User`` record of a stored ``user_account`` row and the user's enabled
+    endpoints (:func:`enabled_endpoints`)."""
     return {
         "user_id": row["id"],
         "email": row["email"],
@@ -100,6 +106,7 @@ def user_record(row: Mapping[Any, Any]) -> dict[str, Any]:
         "locale": row["locale"],
         "timezone": row["timezone"],
         "display_name": row["display_name"],
+        "endpoints": dict(endpoints or {}),
         "updated_at": row["updated_at"],
     }
 
@@ -107,14 +114,28 @@ def user_record(row: Mapping[Any, Any]) -> dict[str, Any]:
 def user_out(row: Mapping[Any, Any]) -> UserOut:
     """The API representation of a stored row."""
     return UserOut(
-        **{k: v for k, v in user_record(row).items() if k != "updated_at"},
+        **{k: v for k, v in user_record(row).items() if k not in ("updated_at", "endpoints")},
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
 
 
-def _user_outgoing(topics: Catalogue, row: Mapping[Any, Any]) -> Outgoing:
-    return Outgoing(topics.users.name, row["id"], encode(SCHEMA, user_record(row)))
+def enabled_endpoints(session: Session, user_id: str) -> dict[str, str]:
+    """The user's enabled endpoints as the user record carries them: kind -> URL."""
+    rows = session.execute(
+        select(ENDPOINT.c.kind, ENDPOINT.c.url)
+        .where(ENDPOINT.c.user_id == user_id, ENDPOINT.c.enabled)
+        .order_by(ENDPOINT.c.kind)
+    )
+    return {kind: url for kind, url in rows}
+
+
+def user_outgoing(
+    topics: Catalogue, row: Mapping[Any, Any], endpoints: Mapping[str, str]
+) -> Outgoing:
+    """The user's record for the compacted ``herald.users.v1``, keyed by user id. Read
+    ``endpoints`` in the transaction that wrote ``row``, under the user's record lock."""
+    return Outgoing(topics.users.name, row["id"], encode(SCHEMA, user_record(row, endpoints)))
 
 
 def _stored(session: Session, user_id: str) -> Any:
@@ -170,8 +191,9 @@ def put_user(
                 .on_conflict_do_nothing(index_elements=[PREFERENCE.c.user_id])
             )
             prefs_row, overrides = stored_preferences(session, user_id)
+            endpoints = enabled_endpoints(session, user_id)
         prefs = preferences_record(user_id, prefs_row, overrides, now=row["updated_at"])
-        records = [_user_outgoing(topics, row), preferences_outgoing(topics, prefs)]
+        records = [user_outgoing(topics, row, endpoints), preferences_outgoing(topics, prefs)]
         publish_or_503(
             publisher,
             records,

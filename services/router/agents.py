@@ -34,7 +34,7 @@ from faust.types.tuples import Message
 from prometheus_client import Counter
 
 from herald.settings import Settings
-from services.router import leader, stage1, stage2, tables
+from services.router import digests, leader, stage1, stage2, tables
 from services.router.app import create_router
 from services.router.repair import GapReader, repair
 from services.router.runtime import Runtime, log
@@ -59,6 +59,7 @@ def build(
     stage2.register(runtime)
     tables.register(runtime)
     leader.register(runtime)
+    digests.register(runtime)
 
     def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         runtime.ready_at = time.time()

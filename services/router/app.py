@@ -16,6 +16,9 @@ Avro bytes keyed by id:
   it read after recovery (Faust's advice for a global table shared by several workers).
 - ``known_devices``: each user's devices (services.router.devices), keyed by user id like
   ``users``; written by the recipients agent when it routes a ``user.login``.
+- ``digest_windows``: each user's open digest windows (services.router.digests), keyed by user
+  id like ``known_devices``; written by that module straight into the store, with its
+  changelog records produced as the routed record's outputs.
 - ``users`` and ``preferences``: keyed by user id, co-partitioned with the recipients topic
   (same partition count, same murmur2 keying), so the worker that routes a user's records
   holds that user's rows.
@@ -126,6 +129,8 @@ class Router:
     users: Any
     preferences: Any
     known_devices: Any
+    #: Open digest windows by user id (services.router.digests), written by that module only.
+    digest_windows: Any = None
 
     @property
     def ledger(self) -> Ledger:
@@ -147,6 +152,7 @@ class Router:
             (self.users, catalogue.users),
             (self.preferences, catalogue.preferences),
             (self.known_devices, catalogue.recipients),
+            (self.digest_windows, catalogue.recipients),
         ]
         return [
             TopicDeclaration(
@@ -268,6 +274,13 @@ def create_router(
             "known_devices",
             catalogue.recipients,
             "Each user's known devices (JSON, see services.router.devices) by user id.",
+            configs=catalogue.users,
+        ),
+        # Like known_devices: keyed by user id, on the recipients topic's partitions.
+        digest_windows=table(
+            "digest_windows",
+            catalogue.recipients,
+            "Each user's open digest windows (JSON, see services.router.digests) by user id.",
             configs=catalogue.users,
         ),
     )

@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections import Counter as Tally
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from herald.db.engine import make_engine
 from herald.db.models import HeldDelivery
 from herald.producer import AckedProducer
+from herald.serde import Record, decode, encode
 from herald.settings import DatabaseSettings, KafkaSettings
+from herald.status import status_outgoing
 from herald.streaming import Outgoing, producer_config
 from schemas import Catalogue
 
@@ -41,6 +45,12 @@ RELEASED = Counter(
     "herald_quiet_hours_released_total",
     "Held deliveries produced to their channel topic when quiet hours ended",
     ["channel"],
+)
+REVIEWED = Counter(
+    "herald_quiet_hours_reviewed_total",
+    "Held deliveries decided again after the user's records changed, by outcome (released "
+    "early, dropped as opted out, moved to a new release time; services.router.hold_review)",
+    ["action"],
 )
 
 #: How long the release loop waits for Kafka to acknowledge one batch (its rows stay locked
@@ -120,15 +130,61 @@ class HoldStore:
             RELEASED.labels(row.channel).inc()
         return len(rows)
 
+    def review(self, user_id: str, decide: Callable[[Record, datetime], Any]) -> dict[str, int]:
+        """Decide each of ``user_id``'s held deliveries again with ``decide(delivery,
+        release_at)`` (a :class:`services.router.hold_review.Decision`): produce the released
+        requests and the new statuses, wait until Kafka acknowledged them, then delete the
+        released and dropped rows and store the moved and updated ones, in one transaction
+        holding the rows' locks. Returns how many rows took each action. Raises
+        ``RuntimeError`` if Kafka did not acknowledge everything (nothing changes then)."""
+        mine = (
+            select(HeldDelivery.delivery_id, HeldDelivery.release_at, HeldDelivery.payload)
+            .where(HeldDelivery.user_id == user_id)
+            .with_for_update()
+        )
+        counts: Tally[str] = Tally()
+        with self.engine.begin() as connection:
+            rows = connection.execute(mine).all()
+            if not rows:
+                return {}
+            records: list[Outgoing] = []
+            gone, changed = [], []
+            for row in rows:
+                payload = bytes(row.payload)
+                decision = decide(decode(payload, "herald.DeliveryRequest"), row.release_at)
+                counts[decision.action] += 1
+                delivery = encode("herald.DeliveryRequest", decision.delivery)
+                if decision.status is not None:
+                    records.append(status_outgoing(self.catalogue, decision.status))
+                if decision.action == "release":
+                    records.append(self._outgoing(user_id, decision.delivery["channel"], delivery))
+                if decision.action in ("release", "drop"):
+                    gone.append(row.delivery_id)
+                elif delivery != payload or decision.release_at != row.release_at:
+                    changed.append((row.delivery_id, decision.release_at, delivery))
+            refused = self.producer.deliver(records) if records else []
+            if refused:
+                raise RuntimeError(
+                    f"{len(refused)} of {len(records)} records of a held-delivery review not "
+                    f"acknowledged by Kafka: {refused[0].error}"
+                )
+            if gone:
+                connection.execute(delete(HeldDelivery).where(HeldDelivery.delivery_id.in_(gone)))
+            for delivery_id, release_at, payload in changed:
+                connection.execute(
+                    update(HeldDelivery)
+                    .where(HeldDelivery.delivery_id == delivery_id)
+                    .values(release_at=release_at, payload=payload)
+                )
+        for action, count in counts.items():
+            REVIEWED.labels(action).inc(count)
+        return dict(counts)
+
+    def _outgoing(self, user_id: str, channel: str, payload: bytes) -> Outgoing:
+        return Outgoing(self.catalogue.for_channel(channel).name, user_id.encode(), payload)
+
     def _produce(self, rows: Sequence[Any]) -> None:
-        records = [
-            Outgoing(
-                self.catalogue.for_channel(row.channel).name,
-                row.user_id.encode(),
-                bytes(row.payload),
-            )
-            for row in rows
-        ]
+        records = [self._outgoing(row.user_id, row.channel, bytes(row.payload)) for row in rows]
         refused = self.producer.deliver(records)
         if refused:
             raise RuntimeError(

@@ -4,7 +4,9 @@
 - ``release_held``: a timer (``ROUTER_QUIET_RELEASE_INTERVAL_MS``) producing the held
   deliveries whose quiet hours have ended to their channel topics (services.router.holds);
 - ``weekly_digest``: a crontab (``ROUTER_DIGEST_CRON``) publishing the weekly digest events
-  (herald.digest).
+  (herald.digest);
+- ``retention``: a crontab (``RETENTION_CRON``) deleting what is past its retention age
+  (herald.retention).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import UTC, datetime
 
 from herald.digest import run_digest
 from herald.metrics import ERRORS
+from herald.retention import RetentionSettings, run_retention
 from services.router.app import SERVICE
 from services.router.runtime import Runtime, log
 
@@ -56,3 +59,22 @@ def register(runtime: Runtime) -> None:
             log.info("weekly digest published", extra={"users": len(digests)})
 
         router.app.crontab(own.digest_cron, timezone=UTC)(weekly_digest)
+
+    retention = RetentionSettings()
+    if retention.cron:
+
+        async def apply_retention() -> None:
+            """Delete what is past its retention age, in batches; one worker only."""
+            if not runtime.leads():
+                return
+            try:
+                report = await asyncio.to_thread(
+                    run_retention, router.settings.database, datetime.now(UTC), retention
+                )
+            except Exception:  # the next run deletes what this one left
+                ERRORS.labels(SERVICE, "retention").inc()
+                log.exception("retention run failed")
+                return
+            log.info("retention run done", extra={"rows": report.rows})
+
+        router.app.crontab(retention.cron, timezone=UTC)(apply_retention)

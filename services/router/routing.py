@@ -41,6 +41,8 @@ from datetime import datetime
 from typing import Any
 
 from herald import bounds
+from herald.channels import ENDPOINT_CHANNELS, HOLDABLE_CHANNELS
+from herald.db.models import MAX_URL_LENGTH
 from herald.errors import PermanentError
 from herald.identity import (
     MAX_ID_LENGTH,
@@ -74,11 +76,17 @@ RECIPIENT_EVENT = "herald.RecipientEvent"
 NOTIFICATION = "herald.Notification"
 DELIVERY_REQUEST = "herald.DeliveryRequest"
 
-#: The channels quiet hours hold back; the in-app inbox is never held.
-_HOLDABLE = frozenset({"email", "sms"})
+#: The channels quiet hours hold back; the in-app inbox, webhooks and Slack are never held.
+_HOLDABLE = frozenset(HOLDABLE_CHANNELS)
 
 #: How a channel is named in a skip reason a person reads.
-_CHANNEL_LABELS = {"inapp": "in-app", "email": "email", "sms": "SMS"}
+_CHANNEL_LABELS = {
+    "inapp": "in-app",
+    "email": "email",
+    "sms": "SMS",
+    "webhook": "webhook",
+    "slack": "Slack",
+}
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,9 @@ def check_bounds(record: Mapping[str, Any], full_name: str) -> None:
         for name in _USER_FIELDS:
             if record.get(name) is not None:
                 _check_length(record[name], name, MAX_ID_LENGTH)
+        for kind, url in (record.get("endpoints") or {}).items():
+            _check_length(kind, "an endpoint kind", MAX_ID_LENGTH)
+            _check_length(url, f"the {kind} endpoint URL", MAX_URL_LENGTH)
     elif full_name == PREFERENCES:
         _check_id(record["user_id"], "user_id")
         for code in record.get("event_overrides") or ():
@@ -281,6 +292,8 @@ def default_preferences(user_id: str) -> Record:
         "inapp_enabled": True,
         "email_enabled": True,
         "sms_enabled": True,
+        "webhook_enabled": True,
+        "slack_enabled": True,
         "quiet_hours_start": None,
         "quiet_hours_end": None,
         "event_overrides": {},
@@ -297,10 +310,11 @@ def choose_channels(
     In order: the user's choice for this event type (``event_overrides``: ``enabled`` false
     turns it off, a ``channels`` list picks channels), else the type's ``default_enabled``
     (off unless the user opted in with an override); then the user's channel switches
-    (``inapp_enabled``, ``email_enabled``, ``sms_enabled``). A ``mandatory`` type ignores all
-    of those. Finally, with ``user`` given, a channel needs an address: an email or a phone
-    number. ``preferences=None`` means the defaults (everything on). Channels Herald does not
-    know are ignored.
+    (``inapp_enabled``, ``email_enabled``, ``sms_enabled``, ``webhook_enabled``,
+    ``slack_enabled``). A ``mandatory`` type ignores all of those. Finally, with ``user``
+    given, a channel needs an address: an email, a phone number, or for webhook and Slack an
+    endpoint of that kind in the user record's ``endpoints``. ``preferences=None`` means the
+    defaults (everything on). Channels Herald does not know are ignored.
     """
     code = event_type["code"]
     prefs = preferences if preferences is not None else default_preferences("")
@@ -343,15 +357,21 @@ def _address_skip(channel: str, user: Mapping[str, Any]) -> str | None:
         return "user has no email address"
     if channel == "sms" and not user.get("phone"):
         return "user has no phone number"
+    if channel in ENDPOINT_CHANNELS and not (user.get("endpoints") or {}).get(channel):
+        return f"user has no {_CHANNEL_LABELS[channel]} endpoint"
     return None
 
 
 def destination(channel: str, user: Mapping[str, Any]) -> str:
-    """Where a channel's message goes: the email address, the phone number, or the user id."""
+    """Where a channel's message goes: the email address, the phone number, the endpoint URL
+    (webhook, Slack: informational, the sender sends to the URL stored at send time), or the
+    user id (in-app)."""
     if channel == "email":
         return str(user["email"])
     if channel == "sms":
         return str(user["phone"])
+    if channel in ENDPOINT_CHANNELS:
+        return str(user["endpoints"][channel])
     return str(user["user_id"])
 
 
@@ -413,7 +433,7 @@ def route(
     During the user's quiet hours (preferences' ``quiet_hours_*``, in the user's ``timezone``,
     at ``now``) the email and SMS deliveries of a type that is not ``urgent`` are ``held``
     until the window ends, with a ``pending`` status of error class ``quiet_hours.held``
-    naming the release time; the in-app delivery is not held.
+    naming the release time; in-app, webhook and Slack deliveries are not held.
     Raises :class:`PermanentError` when the type is inactive or a template cannot render.
     """
     event = recipient_event["event"]

@@ -61,6 +61,9 @@ class Runtime:
         )
         #: The offset of the last record each table feeder stored (or skipped), by partition.
         self.stored: dict[TP, int] = {}
+        #: Users erased while this worker ran (a tombstone on the users topic), by key, with
+        #: when: their events still in flight are dropped, not dead-lettered (tables.forget_user).
+        self.erased: dict[bytes, float] = {}
         #: When this worker's tables last started catching up (start-up or a rebalance).
         self.ready_at = time.time()
         #: The routing stages by the topic they read (services.router.stage1, stage2).

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from herald.settings import cron_expression
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -57,16 +59,13 @@ class RouterSettings(BaseSettings):
     #: When the weekly digest runs (cron format, UTC; the worker holding partition 0 of the
     #: recipients topic runs it). Empty: never (``herald digest run --now`` still works).
     digest_cron: str = "0 8 * * 1"
+    #: How often each worker looks for digest windows that have ended (services.router.digests).
+    digest_window_tick_ms: int = Field(default=1000, ge=50, le=60_000)
 
     @field_validator("digest_cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        from croniter import croniter
-
-        value = value.strip()
-        if value and not croniter.is_valid(value):
-            raise ValueError(f"ROUTER_DIGEST_CRON {value!r} is not a cron expression")
-        return value
+        return cron_expression(value, "ROUTER_DIGEST_CRON")
 
     @field_validator("log_level")
     @classmethod

@@ -14,7 +14,7 @@ from prometheus_client import Counter
 
 from herald.serde import Record
 from herald.streaming import Outgoing
-from services.router import devices, routing, stage2
+from services.router import devices, digests, routing, stage2
 from services.router.runtime import Runtime, Stage, add_stage, permanent
 
 LOCAL = Counter(
@@ -57,6 +57,8 @@ async def route_here_or_send(runtime: Runtime, recipient: Record, event: Message
 
     A login goes through the topic always: its known-device write must land on the changelog
     partition of the recipients record, which Faust takes from the record being processed.
+    So does an event of a type with a digest window: its window state records the offset it
+    has there (services.router.digests).
     If a rebalance starts while routing here, the result is dropped and the copy written to
     the topic: the tables may have been given up mid-way (a user would look unknown).
     Routing here has no side effect that routing the copy again would repeat: a quiet-hours
@@ -64,7 +66,11 @@ async def route_here_or_send(runtime: Runtime, recipient: Record, event: Message
     app, catalogue = runtime.app, runtime.catalogue
     key = recipient["user_id"].encode()
     tp = runtime.recipient_tps[partition_of(key, catalogue.recipients.partitions)]
-    if devices.is_login(recipient["event"]) or not runtime.holds_tables(tp):
+    if (
+        devices.is_login(recipient["event"])
+        or digests.takes_hop(runtime, recipient)
+        or not runtime.holds_tables(tp)
+    ):
         return [routing.recipient_output(recipient, catalogue)]
     generation = app.consumer_generation_id
     message = Message(

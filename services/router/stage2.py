@@ -17,7 +17,7 @@ from herald.metrics import DELIVERIES
 from herald.seed import LOGIN_ALERT
 from herald.serde import Record
 from herald.streaming import Outgoing
-from services.router import devices, routing
+from services.router import devices, digests, hold_review, routing, tables
 from services.router.runtime import Runtime, Stage, add_stage, decoded, permanent
 
 
@@ -47,6 +47,9 @@ async def route_recipient(runtime: Runtime, recipient: Record, message: Message)
     await runtime.wait_until_fed(message.partition, runtime.deadline(message))
     user = await runtime.lookup(router.users, user_id, routing.USER, message)
     if user is None:
+        if tables.was_erased(runtime, user_id):
+            tables.ERASED_DROPPED.inc()
+            return []  # erased (DELETE /v1/users/{id}) while the event was in flight
         raise PermanentError(
             f"user {user_id!r} is unknown (no record on the users topic)",
             error_class="user.unknown",
@@ -55,6 +58,11 @@ async def route_recipient(runtime: Runtime, recipient: Record, message: Message)
         recipient["event"],
         await runtime.lookup(router.event_types, code, routing.EVENT_TYPE, message),
     )
+    if digests.is_digested(event_type) and not devices.is_login(recipient["event"]):
+        absorbed = digests.absorb(runtime, recipient, event_type, message)
+        if absorbed is not None:  # in the user's digest window (services.router.digests)
+            return absorbed
+    raw_user = router.users.get(user_id.encode())
     raw_preferences = router.preferences.get(user_id.encode())
     user_preferences = decoded(raw_preferences, routing.PREFERENCES) if raw_preferences else None
     now = datetime.now(UTC)
@@ -64,7 +72,14 @@ async def route_recipient(runtime: Runtime, recipient: Record, message: Message)
         outgoing += await _login_alert(runtime, recipient, user, user_preferences, now, message)
     for status in routed.statuses:
         DELIVERIES.labels(status["channel"], status["status"]).inc()
-    await runtime.hold(routing.held_rows(routed))
+    held = routing.held_rows(routed)
+    await runtime.hold(held)
+    if held and (raw_user, raw_preferences) != (
+        router.users.get(user_id.encode()),
+        router.preferences.get(user_id.encode()),
+    ):
+        # The user changed while this was routed: that change's review may have missed it.
+        await hold_review.review_user(runtime, user_id)
     return outgoing
 
 

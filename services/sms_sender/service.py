@@ -9,8 +9,9 @@ from typing import Any
 from prometheus_client import Counter
 
 from herald import logs
+from herald.errors import RetryableError
 from herald.metrics import serve_metrics
-from herald.sender import serve_channel
+from herald.sender import provider_names, resend_uncertain_safe, serve_channel
 from herald.settings import get_settings
 from services.sms_sender.client import SmsApi
 from services.sms_sender.message import fit_body, validate_e164
@@ -45,6 +46,17 @@ class SmsSender:
         return sid
 
 
+def uncertain(error: RetryableError) -> bool:
+    """Whether the provider may have accepted the message despite ``error``: a timeout, an
+    accepted request without a readable sid, a connection lost other than by refusal. Such a
+    delivery is not sent through another provider (see :mod:`herald.sender.providers`)."""
+    if error.error_class in ("sms.timeout", "sms.bad_response"):
+        return True
+    if error.error_class == "sms.connection":
+        return not isinstance(error.__cause__, ConnectionRefusedError)
+    return False
+
+
 def main() -> int:
     """Run the SMS sender until SIGTERM; return the process exit status."""
     own = SmsSenderSettings()
@@ -53,19 +65,38 @@ def main() -> int:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     settings = get_settings()
     serve_metrics(own.metrics_port)
-    api = SmsApi(
-        settings.sms,
-        timeout=own.http_timeout_seconds,
-        connect_timeout=own.connect_timeout_seconds,
+    # SMS_API_URL, then SMS_API_FALLBACK_URLS: sms-a, sms-b, ...
+    providers = settings.sms.providers()
+    apis = [
+        SmsApi(
+            provider,
+            timeout=own.http_timeout_seconds,
+            connect_timeout=own.connect_timeout_seconds,
+        )
+        for provider in providers
+    ]
+    chain = own.provider_chain(
+        CHANNEL,
+        [
+            (name, SmsSender(api, own.max_segments))
+            for name, api in zip(provider_names("sms", len(apis)), apis, strict=True)
+        ],
+        uncertain,
     )
+
+    def close() -> None:
+        for api in apis:
+            api.close()
+
     return serve_channel(
         service=SERVICE,
         channel=CHANNEL,
         own=own,
         settings=settings,
-        send=SmsSender(api, own.max_segments),
-        close=api.close,
+        send=chain,
+        close=close,
         # The provider de-duplicates on the idempotency key (the delivery id), so a send a
-        # dead sender left unconfirmed is safely sent again.
-        resend_uncertain=True,
+        # dead sender left unconfirmed is safely sent again, when there is one provider: the
+        # key is per provider, and with several the dead sender may have used any of them.
+        resend_uncertain=resend_uncertain_safe(len(chain), idempotent=True),
     )

@@ -126,6 +126,8 @@ def pipeline(
         "ROUTER_METRICS_PORT": "0",
         "EMAIL_SENDER_METRICS_PORT": "0",
         "SMS_SENDER_METRICS_PORT": "0",
+        "WEBHOOK_SENDER_METRICS_PORT": "0",
+        "SLACK_SENDER_METRICS_PORT": "0",
         "INAPP_STORE_METRICS_PORT": "0",
         "INGEST_METRICS_PORT": "0",
     }

@@ -25,7 +25,9 @@ from herald.settings import (
     Settings,
     SmsSettings,
     SmtpSettings,
+    WebhookSinkSettings,
 )
+from tests.chaos.privatestack import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +51,7 @@ def test_status_json_reports_every_part_answering(local_stack: Settings) -> None
     )
     report = json.loads(out.stdout)
     parts = {part["name"]: part for part in report["components"]}
-    assert set(parts) == {"kafka", "postgres", "smtp", "sms"}
+    assert {"kafka", "postgres", "smtp", "sms", "webhook_sink"} <= set(parts)
     assert all(part["answering"] for part in parts.values()), parts
     assert f"Apache Kafka {kafka_version()}" in parts["kafka"]["detail"]
     assert parts["postgres"]["detail"].startswith("PostgreSQL")
@@ -61,7 +63,7 @@ def test_second_up_reports_already_up(local_stack: Settings) -> None:
     started = stack.up(local_stack, say=lines.append)
     assert started == []
     managed = [part for part in stack.status(local_stack) if part.managed]
-    assert len(lines) == 4
+    assert len(lines) == len(stack.components(local_stack))
     assert sum("already up" in line for line in lines) == len(managed)
 
 
@@ -106,18 +108,33 @@ def test_a_second_stack_comes_up_and_down_leaving_nothing(
         ),
         smtp=SmtpSettings(smtp_url=f"smtp://127.0.0.1:{free_port()}"),
         sms=SmsSettings(sms_api_url=f"http://127.0.0.1:{free_port()}"),
-        local=LocalStackSettings(local_dir=scratch_dir, kafka_controller_port=free_port()),
+        webhook_sink=WebhookSinkSettings(webhook_sink_url=f"http://127.0.0.1:{free_port()}"),
+        local=LocalStackSettings(
+            local_dir=scratch_dir,
+            kafka_controller_port=free_port(),
+            # The failover stand-ins (smtp-b has its API on the next port).
+            smtp_b_port=free_ports(1, pairs=1)[0],
+            sms_b_port=free_port(),
+        ),
     )
     # Reuse the jars the session's stack fetched instead of downloading them again.
     shared_libs = Kafka(Settings()).libs
     if shared_libs.exists():
         (scratch_dir / "kafka").mkdir()
         (scratch_dir / "kafka" / "libs").symlink_to(shared_libs)
-    for var in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "SMTP_URL", "SMS_API_URL"):
+    for var in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "DATABASE_URL",
+        "SMTP_URL",
+        "SMS_API_URL",
+        "WEBHOOK_SINK_URL",
+    ):
         monkeypatch.delenv(var, raising=False)
     started = stack.up(settings, say=lambda line: None)
     try:
-        assert started == ["postgres", "kafka", "smtp", "sms"]
+        assert started[:4] == ["postgres", "kafka", "smtp", "sms"]
+        assert started == [part.name for part in stack.components(settings)]
+        assert "webhook_sink" in started
         assert all(part.answering for part in stack.status(settings))
         pids = [part.owned_pid() for part in stack.components(settings)]
         assert all(pids)

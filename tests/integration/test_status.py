@@ -71,6 +71,8 @@ def test_a_stopped_sender_with_waiting_records_is_stuck_and_the_dlq_shows_its_de
         INAPP_STORE_METRICS_PORT=str(store_port),
         ROUTER_METRICS_PORT="0",
         EMAIL_SENDER_METRICS_PORT="0",
+        WEBHOOK_SENDER_METRICS_PORT="0",
+        SLACK_SENDER_METRICS_PORT="0",
     )
     # Neither API nor the router runs here: leave them out of the report.
     only_running = ["--endpoint", "ingest=off", "--endpoint", "read_api=off"]

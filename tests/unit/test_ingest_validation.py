@@ -493,6 +493,8 @@ def test_preferences_record_defaults_and_encodes() -> None:
         "inapp_enabled": True,
         "email_enabled": False,
         "sms_enabled": True,
+        "webhook_enabled": False,
+        "slack_enabled": True,
         "quiet_hours_start": time(22, 0),
         "quiet_hours_end": time(7, 30),
         "updated_at": NOW,
@@ -503,6 +505,7 @@ def test_preferences_record_defaults_and_encodes() -> None:
     )
     assert decoded["quiet_hours_start"] == "22:00"
     assert decoded["quiet_hours_end"] == "07:30"
+    assert (decoded["webhook_enabled"], decoded["slack_enabled"]) == (False, True)
     assert decoded["event_overrides"] == {"a.b": {"enabled": False, "channels": None}}
 
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 from confluent_kafka import Message
 
-from herald.errors import PermanentError, RetryableError
+from herald.errors import EndpointRetryableError, PermanentError, RetryableError, SkipDelivery
 from herald.sender import (
     OUTCOME_UNKNOWN,
     Breaker,
@@ -383,6 +383,47 @@ def test_a_disabled_breaker_never_holds() -> None:
     send, requests = down(50)
     out = handler(send, breaker=Breaker(failures=0))([message(r) for r in requests])
     assert len(statuses(out)) == 50
+
+
+def test_endpoint_failures_neither_open_the_breaker_nor_shrink_the_window() -> None:
+    broken = EndpointRetryableError("HTTP 503", error_class="webhook.5xx")
+    inner = SenderHandler(
+        service="test_sender",
+        routes=ROUTES,
+        catalogue=CATALOGUE_T,
+        send=FakeChannel({"broken": broken}),
+        journal=Journal(),
+        breaker=Breaker(failures=2),
+        clock=lambda: NOW,
+    )
+    inner._window = 4  # a RetryableError would halve it
+    out = Sender(inner)([message(request(destination="broken"), offset=i) for i in range(5)])
+    assert [e["status"] for e in statuses(out)] == ["retrying"] * 5  # none held back
+    assert inner._window == 4 and inner.breaker.consecutive == 0
+
+
+def test_a_skipped_delivery_is_reported_released_and_not_parked() -> None:
+    journal = Journal()
+    gone = SkipDelivery("user u has no webhook endpoint", error_class="endpoint.missing")
+    send = FakeChannel({"nowhere": gone})
+    skipped, sent = request(destination="nowhere"), request()
+    out = handler(send, journal)([message(skipped), message(sent, offset=1)])
+    assert {r.topic for r in out} == {CATALOGUE_T.delivery_status.name}  # no DLQ, no tier
+    events = {e["delivery_id"]: e for e in statuses(out)}
+    assert events[skipped["delivery_id"]]["status"] == "skipped"
+    assert events[skipped["delivery_id"]]["error_class"] == "endpoint.missing"
+    assert events[sent["delivery_id"]]["status"] == "sent"
+    assert skipped["delivery_id"] not in journal.entries  # the claim was released
+
+
+def test_prepare_sees_the_whole_batch_once_before_any_send() -> None:
+    seen: list[list[str]] = []
+    send = FakeChannel()
+    batch = [request(), request()]
+    sender = handler(send, prepare=lambda rs: seen.append([r["delivery_id"] for r in rs]))
+    sender([message(r, offset=i) for i, r in enumerate(batch)])
+    assert seen == [[r["delivery_id"] for r in batch]]
+    assert send.sent == seen[0]
 
 
 def test_a_delivery_is_claimed_before_sending_and_confirmed_after() -> None:

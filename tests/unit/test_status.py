@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from herald.channels import CHANNELS
 from herald.cli import status as st
 from herald.cli.main import app
 from schemas import CATALOGUE
@@ -181,7 +182,7 @@ def test_dlq_depth_is_high_minus_low_over_partitions_and_non_empty_is_a_problem(
     (row,) = [r for r in rep["dlq"] if r["topic"] == SMS.dlq_name]
     assert row == {"topic": SMS.dlq_name, "depth": 3, "partitions": {"0": 0, "1": 3}}
     assert rep["problems"] == [f"{SMS.dlq_name} holds 3 dead letters (herald dlq list)"]
-    assert [r["depth"] for r in rep["dlq"] if r["topic"] != SMS.dlq_name] == [0] * 5
+    assert [r["depth"] for r in rep["dlq"] if r["topic"] != SMS.dlq_name] == [0] * (len(DLQS) - 1)
 
 
 def test_services_down_not_ready_and_without_endpoint() -> None:
@@ -300,6 +301,8 @@ def test_the_json_shape() -> None:
         "p.herald-router",
         "p.email_sender",
         "p.sms_sender",
+        "p.webhook_sender",
+        "p.slack_sender",
         "p.inapp_store",
     ]
     assert set(decoded["consumer_groups"][0]["partitions"][0]) == {
@@ -312,7 +315,7 @@ def test_the_json_shape() -> None:
     }
     assert set(decoded["dlq"][0]) == {"topic", "depth", "partitions"}
     channels = decoded["deliveries_per_minute"]["channels"]
-    assert sorted(c["channel"] for c in channels) == ["email", "inapp", "sms"]
+    assert sorted(c["channel"] for c in channels) == sorted(CHANNELS)
     assert set(channels[0]) == {"channel", "sent", "failed", "skipped", "total"}
     assert set(decoded["breakers"][0]) == {"service", "channel", "state", "detail"}
 
@@ -324,19 +327,24 @@ def test_group_ids_and_topics_are_the_services_own() -> None:
     from services.email_sender.service import SERVICE as EMAIL
     from services.inapp_store.settings import SERVICE as INAPP
     from services.sms_sender.service import SERVICE as SMS_SERVICE
+    from services.webhook_sender.service import SERVICES as ENDPOINT_SERVICES
 
     ids = {g.service: g.group_id for g in GROUPS}
     assert ids == {
         "router": "p.herald-router",
         "email_sender": f"p.{EMAIL}",
         "sms_sender": f"p.{SMS_SERVICE}",
+        "webhook_sender": f"p.{ENDPOINT_SERVICES['webhook']}",
+        "slack_sender": f"p.{ENDPOINT_SERVICES['slack']}",
         "inapp_store": f"p.{INAPP}",
     }
     topics = {g.service: g.topics for g in GROUPS}
     assert topics["sms_sender"] == (SMS.name, *SMS.retry_topic_names)
     assert CAT.events.name in topics["router"]
     assert CAT.delivery_status.name in topics["inapp_store"]
-    assert len(DLQS) == 6 and all(t.startswith(PREFIX) and t.endswith(".dlq") for t in DLQS)
+    webhook = CAT.for_channel("webhook")
+    assert topics["webhook_sender"] == (webhook.name, *webhook.retry_topic_names)
+    assert len(DLQS) == 8 and all(t.startswith(PREFIX) and t.endswith(".dlq") for t in DLQS)
 
 
 def test_endpoints_come_from_the_services_environment(monkeypatch: pytest.MonkeyPatch) -> None:

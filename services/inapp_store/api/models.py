@@ -96,6 +96,11 @@ class AttemptOut(BaseModel):
     error_class: str | None
     error_message: str | None
     occurred_at: datetime
+    provider: str | None = Field(
+        default=None,
+        description="Which of the channel's providers made the attempt (sms-a, smtp-b...; "
+        "webhook, slack), when known.",
+    )
 
 
 class DeliveryOut(BaseModel):
@@ -116,6 +121,11 @@ class DeliveryOut(BaseModel):
     error_message: str | None
     provider_message_id: str | None = Field(
         description="The provider's id: the email's Message-ID, the SMS message sid."
+    )
+    provider: str | None = Field(
+        default=None,
+        description="Which of the channel's providers made the latest attempt (provider "
+        "failover: sms-a, sms-b, smtp-a...), when known.",
     )
     updated_at: datetime
     attempts: list[AttemptOut] = Field(description="Oldest first.")
@@ -141,6 +151,7 @@ class NotificationDetail(NotificationOut):
                             "error_class": None,
                             "error_message": None,
                             "provider_message_id": "<886313e1@herald.local>",
+                            "provider": "smtp-b",
                             "updated_at": "2024-05-01T12:30:16.031000Z",
                             "attempts": [
                                 {
@@ -149,6 +160,7 @@ class NotificationDetail(NotificationOut):
                                     "error_class": "smtp.451",
                                     "error_message": "451 try again later",
                                     "occurred_at": "2024-05-01T12:30:15.400000Z",
+                                    "provider": "smtp-a",
                                 },
                                 {
                                     "attempt": 2,
@@ -156,6 +168,7 @@ class NotificationDetail(NotificationOut):
                                     "error_class": None,
                                     "error_message": None,
                                     "occurred_at": "2024-05-01T12:30:16.020000Z",
+                                    "provider": "smtp-b",
                                 },
                             ],
                         }

@@ -48,6 +48,7 @@ _DELIVERY_COLUMNS = (
     NotificationDelivery.error_class,
     NotificationDelivery.error_message,
     NotificationDelivery.provider_message_id,
+    NotificationDelivery.provider,
     NotificationDelivery.updated_at,
 )
 
@@ -58,6 +59,7 @@ _ATTEMPT_COLUMNS = (
     DeliveryAttempt.error_class,
     DeliveryAttempt.error_message,
     DeliveryAttempt.occurred_at,
+    DeliveryAttempt.provider,
 )
 
 #: A result row, by column name.

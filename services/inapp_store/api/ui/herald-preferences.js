@@ -17,6 +17,8 @@ const CHANNELS = [
   ["inapp", "In-app"],
   ["email", "Email"],
   ["sms", "SMS"],
+  ["webhook", "Webhook"],
+  ["slack", "Slack"],
 ];
 
 const STYLE = `

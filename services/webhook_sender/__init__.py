@@ -1,0 +1,1 @@
+"""Herald service: webhook_sender (signed webhooks; ``.slack``: Slack incoming webhooks)."""

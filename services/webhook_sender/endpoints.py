@@ -1,0 +1,108 @@
+"""The users' endpoints of one kind, read from PostgreSQL at send time.
+
+A DeliveryRequest carries the URL the router knew (``destination``), but the sender sends to
+what ``channel_endpoint`` says now: the URL may have changed, the endpoint may have been
+deleted or disabled since the delivery was routed, and the secret never travels on Kafka.
+:meth:`EndpointStore.prefetch` reads the endpoints of a whole batch in one query; a lookup
+outside a batch (or after ``ttl`` seconds) reads its row alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.sql import func
+
+from herald.db.models import ChannelEndpoint as Row
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    secret: str | None
+    enabled: bool
+
+
+class EndpointStore:
+    """Endpoints of ``kind`` per user, cached for ``ttl`` seconds; safe across threads."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        kind: str,
+        *,
+        ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.kind = kind
+        self.ttl = ttl
+        self.clock = clock
+        self._cache: dict[str, tuple[float, Endpoint | None]] = {}
+        self._lock = threading.Lock()
+
+    def _read(self, user_ids: Iterable[str]) -> dict[str, Endpoint | None]:
+        ids = sorted(set(user_ids))
+        found: dict[str, Endpoint | None] = dict.fromkeys(ids)
+        query = select(Row.user_id, Row.url, Row.secret, Row.enabled).where(
+            Row.kind == self.kind, Row.user_id.in_(ids)
+        )
+        with self.engine.connect() as conn:
+            for user_id, url, secret, enabled in conn.execute(query):
+                found[user_id] = Endpoint(url, secret, enabled)
+        return found
+
+    def _store(self, found: dict[str, Endpoint | None]) -> None:
+        now = self.clock()
+        with self._lock:
+            if len(self._cache) > 100_000:
+                self._cache = {k: v for k, v in self._cache.items() if now - v[0] <= self.ttl}
+            for user_id, endpoint in found.items():
+                self._cache[user_id] = (now, endpoint)
+
+    def prefetch(self, user_ids: Iterable[str]) -> None:
+        """Read the endpoints of every user in ``user_ids`` (one query)."""
+        ids = set(user_ids)
+        if ids:
+            self._store(self._read(ids))
+
+    def get(self, user_id: str) -> Endpoint | None:
+        """The user's endpoint of this kind, or None when there is none."""
+        with self._lock:
+            cached = self._cache.get(user_id)
+        if cached is not None and self.clock() - cached[0] <= self.ttl:
+            return cached[1]
+        found = self._read([user_id])
+        self._store(found)
+        return found[user_id]
+
+    def disable(self, user_id: str, url: str, reason: str) -> bool:
+        """Disable the user's endpoint if it still points at ``url`` (one re-registered since
+        is left alone); whether a row changed."""
+        statement = (
+            update(Row)
+            .where(
+                Row.user_id == user_id,
+                Row.kind == self.kind,
+                Row.url == url,
+                Row.enabled.is_(True),
+            )
+            .values(
+                enabled=False,
+                disabled_reason=reason[:500],
+                disabled_at=func.now(),
+                updated_at=func.now(),
+            )
+        )
+        with self.engine.begin() as conn:
+            changed = conn.execute(statement).rowcount > 0
+        with self._lock:
+            cached = self._cache.get(user_id)
+            if cached is not None and cached[1] is not None and cached[1].url == url:
+                old = cached[1]
+                self._cache[user_id] = (cached[0], Endpoint(old.url, old.secret, False))
+        return changed
