@@ -247,6 +247,7 @@ def deliveries(kafka: KafkaSettings, topic: str) -> list[dict[str, Any]]:
 def test_the_router_routes_webhook_and_slack_to_users_with_endpoints(
     client: TestClient,
     kafka_settings: KafkaSettings,
+    db_settings: DatabaseSettings,
     topics: Catalogue,
     run_service: Callable[..., ServiceProcess],
 ) -> None:
@@ -265,7 +266,11 @@ def test_the_router_routes_webhook_and_slack_to_users_with_endpoints(
     client.put(f"/v1/users/{cy}/endpoints/webhook", json={"url": HOOK}).raise_for_status()
     # cy turns Slack off, and has no Slack endpoint anyway; webhooks off is checked below.
     client.put(f"/v1/users/{cy}/preferences", json={"slack_enabled": False}).raise_for_status()
-    run_service("services.router", service_env(kafka_settings, ROUTER_METRICS_PORT="0"))
+    # With this test's database: the router reviews a user's held deliveries when their record
+    # changes (quiet hours follow changes), and the endpoint PUTs change them.
+    run_service(
+        "services.router", service_env(kafka_settings, db_settings, ROUTER_METRICS_PORT="0")
+    )
 
     def post(**context: str) -> str:
         response = client.post(
