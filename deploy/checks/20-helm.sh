@@ -91,6 +91,10 @@ must_refuse "no credentials" "secrets.adminApiKeys is required" \
   --set kafka.bootstrapServers=kafka:9092
 must_refuse "the local stack's admin key" "herald-local-admin-key" \
   "${minimal[@]}" --set secrets.adminApiKeys=herald-local-admin-key
+must_refuse "HERALD_ENDPOINTS_ALLOW_PRIVATE in config" "never set it in a deployment" \
+  "${minimal[@]}" --set config.HERALD_ENDPOINTS_ALLOW_PRIVATE=1
+must_refuse "HERALD_ENDPOINTS_ALLOW_PRIVATE in a component's env" "never set it in a deployment" \
+  "${minimal[@]}" --set webhookSender.env.HERALD_ENDPOINTS_ALLOW_PRIVATE=1
 must_refuse "more router replicas than partitions" "router.replicaCount (7) is above 6" \
   "${minimal[@]}" --set router.replicaCount=7
 "$HELM" template herald "$CHART" --kube-version "$KUBE" "${minimal[@]}" >"$out/minimal.yaml"

@@ -71,6 +71,9 @@ The components, as the code defines them (read from each module's __main__ and s
                 .Values.kafka.topics.partitions), without the retry tiers (records wait there
                 on purpose) and without the router's compacted tables
   secrets       the Secret keys the component gets (nothing more)
+  optionalSecrets  Secret key -> its field under .Values.secrets, for optional settings: the
+                key is passed (secretKeyRef optional: true) when that field is set or
+                secrets.existingSecret is used
   stop          default terminationGracePeriodSeconds: what SIGTERM waits for (uvicorn's
                 graceful timeout, a sender's batch budget of 120 s)
 */}}
@@ -106,6 +109,7 @@ email-sender:
   group: email_sender
   lagTopics: {deliveriesEmail: herald.deliveries.email.v1}
   secrets: [DATABASE_URL, SMTP_URL]
+  optionalSecrets: {SMTP_FALLBACK_URLS: smtpFallbackUrls}
   stop: 150
 sms-sender:
   module: services.sms_sender
@@ -114,6 +118,23 @@ sms-sender:
   group: sms_sender
   lagTopics: {deliveriesSms: herald.deliveries.sms.v1}
   secrets: [DATABASE_URL, SMS_ACCOUNT_SID, SMS_AUTH_TOKEN]
+  optionalSecrets: {SMS_API_FALLBACK_URLS: smsApiFallbackUrls}
+  stop: 150
+webhook-sender:
+  module: services.webhook_sender
+  values: webhookSender
+  metricsEnv: WEBHOOK_SENDER_METRICS_PORT
+  group: webhook_sender
+  lagTopics: {deliveriesWebhook: herald.deliveries.webhook.v1}
+  secrets: [DATABASE_URL]
+  stop: 150
+slack-sender:
+  module: services.webhook_sender.slack
+  values: slackSender
+  metricsEnv: SLACK_SENDER_METRICS_PORT
+  group: slack_sender
+  lagTopics: {deliveriesSlack: herald.deliveries.slack.v1}
+  secrets: [DATABASE_URL]
   stop: 150
 inapp-store:
   module: services.inapp_store
@@ -162,6 +183,9 @@ Non-secret settings every component (and the hook Job) reads: the ConfigMap's da
 here once so that the hook Job, which runs before the ConfigMap exists, gets the same values.
 */}}
 {{- define "herald.configData" -}}
+{{- if hasKey (default (dict) .Values.config) "HERALD_ENDPOINTS_ALLOW_PRIVATE" -}}
+{{- fail "config sets HERALD_ENDPOINTS_ALLOW_PRIVATE: it lets users' webhook and Slack endpoints reach loopback and private networks; never set it in a deployment" -}}
+{{- end -}}
 {{- $kafka := required "kafka.bootstrapServers is required: the Kafka bootstrap servers (host:port,host:port), e.g. herald-kafka-bootstrap.kafka:9092 for a Strimzi cluster named herald-kafka" .Values.kafka.bootstrapServers -}}
 HERALD_ENV: {{ .Values.heraldEnv | quote }}
 KAFKA_BOOTSTRAP_SERVERS: {{ $kafka | quote }}
@@ -185,7 +209,7 @@ listens on 0.0.0.0. Called by the Secret and by the Deployments.
 */}}
 {{- define "herald.checkSecrets" -}}
 {{- if not .Values.secrets.existingSecret -}}
-{{- $hint := "(or set secrets.existingSecret to a Secret of your own holding the keys HERALD_ADMIN_API_KEYS, HERALD_USER_TOKEN_SECRET, DATABASE_URL, SMTP_URL, SMS_ACCOUNT_SID and SMS_AUTH_TOKEN)" -}}
+{{- $hint := "(or set secrets.existingSecret to a Secret of your own holding the keys HERALD_ADMIN_API_KEYS, HERALD_USER_TOKEN_SECRET, DATABASE_URL, SMTP_URL, SMS_ACCOUNT_SID and SMS_AUTH_TOKEN, optionally SMTP_FALLBACK_URLS and SMS_API_FALLBACK_URLS)" -}}
 {{- $keys := required (printf "secrets.adminApiKeys is required: comma-separated API keys, each key=scope scope (scopes events:write, admin, inbox:read, inbox:write, tokens:mint), e.g. \"$PUBLISHER=events:write,$BACKOFFICE=admin inbox:read inbox:write\"; make a key with python -c 'import secrets; print(secrets.token_urlsafe(32))' %s" $hint) .Values.secrets.adminApiKeys -}}
 {{- $token := required (printf "secrets.userTokenSecret is required: the HMAC secret of user tokens, at least 16 characters %s" $hint) .Values.secrets.userTokenSecret -}}
 {{- $db := required (printf "secrets.databaseUrl is required: postgresql://USER:PASSWORD@HOST:5432/DATABASE %s" $hint) .Values.secrets.databaseUrl -}}
