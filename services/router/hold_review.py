@@ -92,6 +92,25 @@ def review(
     return Decision("move", current, until, status)
 
 
+#: The user fields a held (email or SMS) delivery depends on: the address, the locale it is
+#: sent in, and the time zone its quiet hours are read in.
+_USER_FIELDS_HELD = ("email", "phone", "locale", "timezone")
+
+
+def affects_holds(full_name: str, before: bytes, after: bytes) -> bool:
+    """Whether a change of a user record (``routing.USER``) or of preferences
+    (``routing.PREFERENCES``) from ``before`` to ``after`` (table values) can change a held
+    delivery's fate: a user's address, locale or time zone; anything in the preferences but
+    their ``updated_at``. Other changes (a display name, an endpoint) need no review, and no
+    database round trip."""
+    if before == after:
+        return False
+    old, new = decoded(before, full_name), decoded(after, full_name)
+    if full_name == routing.USER:
+        return any(old.get(f) != new.get(f) for f in _USER_FIELDS_HELD)
+    return {**old, "updated_at": None} != {**new, "updated_at": None}
+
+
 def _table_record(table: Any, user_id: str, full_name: str) -> Record | None:
     raw = table.get(user_id.encode())
     return decoded(raw, full_name) if raw is not None else None

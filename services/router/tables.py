@@ -74,7 +74,13 @@ def _feeder(runtime: Runtime, table: Any, full_name: str) -> Any:
             key = event.message.key
             before = table.get(key) if reviews and key else None
             store(runtime, event, table, full_name)
-            if before is not None and event.message.value not in (None, before):
+            after = table.get(key) if before is not None else None
+            # A tombstone (erasure) deletes the rows instead; an invalid record changed nothing.
+            if (
+                before is not None
+                and after is not None
+                and hold_review.affects_holds(full_name, before, after)
+            ):
                 await hold_review.review_user(runtime, key.decode(errors="replace"))
 
     return feed

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from herald.serde import encode
 from services.router import hold_review, quiet_hours, routing
 from tests.samples import SAMPLES
 
@@ -102,3 +103,36 @@ def test_an_urgent_type_is_released_and_unknown_records_keep_it() -> None:
     assert decide(event_type={**EVENT_TYPE, "urgent": True}).action == "release"
     assert decide(user=None).action == "keep"
     assert decide(event_type=None).action == "keep"
+
+
+def test_only_changes_a_held_delivery_depends_on_are_reviewed() -> None:
+
+    def user_bytes(**changes: Any) -> bytes:
+        record = {"user_id": "u", "email": "u@example.com", "phone": "+14155550123",
+                  "display_name": "U", "updated_at": NOW, **changes}  # fmt: skip
+        return encode(routing.USER, record)
+
+    def prefs_bytes(**changes: Any) -> bytes:
+        return encode(routing.PREFERENCES, {"user_id": "u", "updated_at": NOW, **changes})
+
+    base = user_bytes()
+    assert not hold_review.affects_holds(routing.USER, base, base)
+    assert not hold_review.affects_holds(routing.USER, base, user_bytes(display_name="V"))
+    assert not hold_review.affects_holds(
+        routing.USER, base, user_bytes(endpoints={"webhook": "https://example.com/h"})
+    )
+    for field, value in (("email", None), ("phone", "+14155550124"), ("locale", "fr"),
+                         ("timezone", "Europe/Paris")):  # fmt: skip
+        assert hold_review.affects_holds(routing.USER, base, user_bytes(**{field: value}))
+    later = NOW + timedelta(minutes=1)
+    assert not hold_review.affects_holds(
+        routing.PREFERENCES, prefs_bytes(), prefs_bytes(updated_at=later)
+    )
+    assert hold_review.affects_holds(
+        routing.PREFERENCES, prefs_bytes(), prefs_bytes(sms_enabled=False)
+    )
+    assert hold_review.affects_holds(
+        routing.PREFERENCES,
+        prefs_bytes(),
+        prefs_bytes(quiet_hours_start="22:00", quiet_hours_end="07:00"),
+    )
