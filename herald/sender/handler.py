@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 REQUEST_SCHEMA = "herald.DeliveryRequest"
 #: The error class of a delivery whose send began but was never confirmed.
 OUTCOME_UNKNOWN = "sender.outcome_unknown"
+#: How long a batch waits for more sends to end before it confirms those that did...
+CONFIRM_LINGER_SECONDS = 0.005
+#: ... when fewer than this fraction of the sends in flight have ended (1/16).
+CONFIRM_GROUP_FRACTION = 16
 
 DUPLICATES_SKIPPED = Counter(
     "herald_sender_duplicates_skipped_total",
@@ -292,7 +296,7 @@ class SenderHandler:
                     self._start(group, decoded, journal, results, in_flight, busy)
                 IN_FLIGHT.labels(channel).set(len(in_flight))
                 if in_flight:
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    done = self._completed(in_flight)
                     self._finish(done, decoded, results, in_flight, busy)
                     IN_FLIGHT.labels(channel).set(len(in_flight))
         finally:
@@ -307,6 +311,17 @@ class SenderHandler:
             held = [message for message, _ in decoded[held_from:]]
             return Handled(outgoing, held, self.breaker.open_until)
         return outgoing
+
+    def _completed(self, in_flight: dict[Future[str | Sent], int]) -> set[Future[str | Sent]]:
+        """The sends done so far, after waiting for at least one. With many in flight, waits
+        up to :data:`CONFIRM_LINGER_SECONDS` more for others, so that a confirm (and the claim
+        that refills the window) covers a group, not one or two: at 2,000 sends/s, one
+        statement per completion would cost PostgreSQL and this process more than the sends."""
+        done, pending = wait(in_flight, return_when=FIRST_COMPLETED)
+        if pending and len(done) < len(in_flight) // CONFIRM_GROUP_FRACTION:
+            more, _ = wait(pending, timeout=CONFIRM_LINGER_SECONDS, return_when=ALL_COMPLETED)
+            done |= more
+        return done
 
     def _start(
         self,

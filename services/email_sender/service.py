@@ -10,7 +10,7 @@ from herald.errors import RetryableError
 from herald.metrics import serve_metrics
 from herald.sender import provider_names, serve_channel
 from herald.settings import get_settings
-from services.email_sender.message import build_message, envelope_sender
+from services.email_sender.message import build_message, envelope_sender, message_id
 from services.email_sender.settings import EmailSenderSettings
 from services.email_sender.smtp import SmtpEndpoint, SmtpPool, SmtpTransport
 
@@ -36,14 +36,15 @@ class EmailSender:
         self.transport.send(
             message, envelope_from=self.envelope_from, recipient=request["destination"]
         )
-        return str(message["Message-ID"])
+        return message_id(request["delivery_id"])
 
 
 def uncertain(error: RetryableError) -> bool:
     """Whether the relay may have taken the message despite ``error``: anything but a 4xx
-    reply or a refused connection (a timeout or a dropped session after DATA may follow an
-    accepted message). Such a delivery is not sent through another relay."""
-    return error.error_class not in ("smtp.4xx", "smtp.connection_refused")
+    reply or a session that could not be opened (``smtp.unreachable``: refused, timed out,
+    TLS, greeting; a timeout or a dropped session after MAIL may follow an accepted message).
+    Such a delivery is not sent through another relay."""
+    return error.error_class not in ("smtp.4xx", "smtp.unreachable", "smtp.connection_refused")
 
 
 def main() -> int:

@@ -15,7 +15,6 @@ import smtplib
 import ssl
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
 from urllib.parse import unquote, urlsplit
 
 from herald.errors import PermanentError, ProcessingError, RetryableError
@@ -112,11 +111,20 @@ class SmtpTransport:
         #: How many sessions were opened (for tests and logs: reuse means few).
         self.connections_opened = 0
 
-    def send(self, message: EmailMessage, *, envelope_from: str, recipient: str) -> None:
+    def send(self, message: bytes, *, envelope_from: str, recipient: str) -> None:
         """Send ``message`` to ``recipient``; raise RetryableError/PermanentError on failure."""
         try:
             smtp = self._connection()
-            smtp.send_message(message, from_addr=envelope_from, to_addrs=[recipient])
+        except (OSError, smtplib.SMTPException) as exc:
+            # No session (refused, timed out, TLS, a 421 or 554 greeting, a failed AUTH), so
+            # nothing was sent: retryable whatever the reply (the relay, not the message, is
+            # at fault), and certain, so another relay may take the message at once.
+            self.close()
+            raise RetryableError(
+                f"relay unreachable: {smtp_error(exc).message}", error_class="smtp.unreachable"
+            ) from exc
+        try:
+            smtp.sendmail(envelope_from, [recipient], message)
         except (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused) as exc:
             # A refusal leaves the session usable (smtplib sent RSET, or closed it on 421).
             raise smtp_error(exc) from exc
@@ -197,7 +205,7 @@ class SmtpPool:
     def connections_opened(self) -> int:
         return sum(transport.connections_opened for transport in self.transports)
 
-    def send(self, message: EmailMessage, *, envelope_from: str, recipient: str) -> None:
+    def send(self, message: bytes, *, envelope_from: str, recipient: str) -> None:
         """Send on a free connection (waiting for one); like :meth:`SmtpTransport.send`."""
         transport = self._free.get()
         try:

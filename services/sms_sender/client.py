@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 # Client-side 4xx answers that mean "not now" rather than "never".
-_RETRYABLE_4XX = {408: "sms.timeout", 425: "sms.too_early", 429: "sms.rate_limited"}
+# A 408 is the server giving up on reading the request: it did not take the message.
+_RETRYABLE_4XX = {408: "sms.request_timeout", 425: "sms.too_early", 429: "sms.rate_limited"}
 
 
 def messages_path(account_sid: str) -> str:
@@ -60,6 +61,13 @@ def response_error(
     if 400 <= status < 500:
         return PermanentError(message, error_class="sms.4xx")
     return RetryableError(message, error_class="sms.unexpected_status")
+
+
+def unreachable(exc: BaseException) -> RetryableError:
+    """The error for a connection that could not be opened: nothing was sent, so another
+    provider may take the message at once (unlike ``sms.timeout`` or ``sms.connection``,
+    which may follow a request the provider received)."""
+    return RetryableError(f"provider unreachable: {exc!r}", error_class="sms.unreachable")
 
 
 class SmsApi:
@@ -164,11 +172,15 @@ class SmsApi:
         payload = urlencode(form)
         while True:
             connection, reused = self._connection()
-            try:
-                if connection.sock is None:
+            if connection.sock is None:
+                try:
                     connection.connect()  # within connect_timeout; then the answer's timeout
-                    sock: Any = connection.sock
-                    sock.settimeout(self.timeout)
+                except OSError as exc:  # refused, timed out, no route, TLS handshake, DNS
+                    self._drop(connection)
+                    raise unreachable(exc) from exc
+                sock: Any = connection.sock
+                sock.settimeout(self.timeout)
+            try:
                 connection.request("POST", self._target, payload, headers)
                 response = connection.getresponse()
                 content = response.read()
@@ -184,7 +196,7 @@ class SmsApi:
                 ):
                     continue  # the server closed the idle connection: once more, on a new one
                 raise RetryableError(
-                    f"provider unreachable: {exc!r}", error_class="sms.connection"
+                    f"connection lost during the request: {exc!r}", error_class="sms.connection"
                 ) from exc
             if response.will_close:
                 self._drop(connection)
@@ -194,11 +206,13 @@ class SmsApi:
         assert self._httpx is not None
         try:
             response = self._httpx.post(self.path, data=form, headers={IDEMPOTENCY_HEADER: key})
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise unreachable(exc) from exc
         except httpx.TimeoutException as exc:
             raise RetryableError(f"provider timed out: {exc!r}", error_class="sms.timeout") from exc
         except httpx.TransportError as exc:
             raise RetryableError(
-                f"provider unreachable: {exc!r}", error_class="sms.connection"
+                f"connection lost during the request: {exc!r}", error_class="sms.connection"
             ) from exc
         return response.status_code, response.content, response.headers.get("Retry-After")
 

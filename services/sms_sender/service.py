@@ -47,14 +47,12 @@ class SmsSender:
 
 
 def uncertain(error: RetryableError) -> bool:
-    """Whether the provider may have accepted the message despite ``error``: a timeout, an
-    accepted request without a readable sid, a connection lost other than by refusal. Such a
-    delivery is not sent through another provider (see :mod:`herald.sender.providers`)."""
-    if error.error_class in ("sms.timeout", "sms.bad_response"):
-        return True
-    if error.error_class == "sms.connection":
-        return not isinstance(error.__cause__, ConnectionRefusedError)
-    return False
+    """Whether the provider may have accepted the message despite ``error``: a timeout after
+    the request went out, an accepted request without a readable sid, a connection lost
+    mid-request. Such a delivery is not sent through another provider (see
+    :mod:`herald.sender.providers`). An error answer (5xx, 408, 429) or a connection that could
+    not be opened (``sms.unreachable``: refused, connect timeout, TLS) is certain: failover."""
+    return error.error_class in ("sms.timeout", "sms.bad_response", "sms.connection")
 
 
 def main() -> int:

@@ -180,10 +180,10 @@ def test_unreachable_provider_is_retried_then_dead_lettered(
         *(("retrying", n) for n in range(1, len(tiers) + 1)),
         ("dead", len(tiers) + 1),
     ]
-    assert {e["error_class"] for e in history} == {"sms.connection"}
+    assert {e["error_class"] for e in history} == {"sms.unreachable"}
     ((parked, headers),) = dead_letters(kafka_settings, topics.deliveries_sms.dlq_name)
     assert parked == request
-    assert headers[H_ERROR_CLASS] == "sms.connection"
+    assert headers[H_ERROR_CLASS] == "sms.unreachable"
     assert headers[H_ORIGINAL_TOPIC] == topics.deliveries_sms.name
     for tier in tiers:
         assert len(dead_letters(kafka_settings, tier)) == 1

@@ -36,18 +36,20 @@ def request(**changes: Any) -> dict[str, Any]:
     return {**SAMPLES["herald.DeliveryRequest"], "delivery_id": str(uuid.uuid4()), **changes}
 
 
-def parsed(message: EmailMessage) -> EmailMessage:
+def parsed(message: bytes) -> EmailMessage:
     """The message as a receiver sees it after the wire."""
-    result = message_from_bytes(message.as_bytes(), policy=default)
+    result = message_from_bytes(message, policy=default)
     assert isinstance(result, EmailMessage)
     return result
 
 
 def test_multipart_message_with_text_and_html() -> None:
     req = request(subject="Café news ☕", body_text="Hello\nworld", body_html="<p>Hello</p>")
-    raw = build_message(req, from_header=FROM).as_bytes()
+    raw = build_message(req, from_header=FROM)
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")  # CRLF only
-    received = parsed(build_message(req, from_header=FROM))
+    assert raw.isascii()  # no relay needs 8BITMIME or SMTPUTF8
+    received = parsed(raw)
+    assert not received.defects
     assert received["Message-ID"] == f"<{req['delivery_id']}@herald>"
     assert received["From"] == FROM and received["To"] == req["destination"]
     assert received["Subject"] == "Café news ☕"
@@ -65,6 +67,38 @@ def test_text_only_message_without_html() -> None:
     received = parsed(build_message(request(body_html=None), from_header=FROM))
     assert received.get_content_type() == "text/plain"
     assert not received.is_multipart()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "plain ascii",
+        "Grüße aus Köln ☕\nzweite Zeile",
+        "x" * 2_000,  # longer than a line may be: base64
+        "a\r\nb\rc\nd\n",
+        ".leading dot\n.\nend",  # SMTP dot-stuffing is the transport's job
+        "",
+    ],
+)
+def test_bodies_survive_the_wire(body: str) -> None:
+    received = parsed(build_message(request(body_text=body, body_html=None), from_header=FROM))
+    assert not received.defects
+    text = received.get_body(("plain",))
+    assert text is not None
+    assert text.get_content().splitlines() == body.splitlines()
+
+
+def test_headers_are_encoded_and_folded() -> None:
+    subject = "Ein sehr langer Betreff über Kaffee ☕ " * 6
+    raw = build_message(
+        request(subject=subject, locale="de"), from_header="Zoë Herald <n@herald.local>"
+    )
+    assert all(len(line) <= 78 for line in raw.split(b"\r\n")[:20] if b":" in line[:30])
+    received = parsed(raw)
+    assert received["Subject"] == subject
+    assert received["From"].addresses[0].display_name == "Zoë Herald"
+    assert received["From"].addresses[0].addr_spec == "n@herald.local"
+    assert received["Content-Language"] == "de"
 
 
 def test_message_id_is_the_delivery_id() -> None:
@@ -292,4 +326,4 @@ def test_transport_failure_without_server_is_retryable() -> None:
     transport = SmtpTransport(SmtpEndpoint("smtp", "127.0.0.1", free_port()), timeout=2)
     with pytest.raises(RetryableError) as caught:
         EmailSender(transport, FROM)(request())
-    assert caught.value.error_class == "smtp.connection_refused"
+    assert caught.value.error_class == "smtp.unreachable"

@@ -262,15 +262,12 @@ def test_provider_lists_from_the_settings() -> None:
 
 
 def test_which_failures_may_have_sent_the_message() -> None:
-    refused = RetryableError("unreachable", error_class="sms.connection")
-    refused.__cause__ = ConnectionRefusedError()
-    reset = RetryableError("unreachable", error_class="sms.connection")
-    reset.__cause__ = ConnectionResetError()
-    assert not sms_uncertain(refused)
-    assert sms_uncertain(reset)
+    assert not sms_uncertain(RetryableError("no", error_class="sms.unreachable"))
+    assert sms_uncertain(RetryableError("reset", error_class="sms.connection"))
     assert sms_uncertain(RetryableError("t", error_class="sms.timeout"))
     assert not sms_uncertain(RetryableError("503", error_class="sms.5xx"))
+    assert not sms_uncertain(RetryableError("408", error_class="sms.request_timeout"))
     assert not smtp_uncertain(RetryableError("451", error_class="smtp.4xx"))
-    assert not smtp_uncertain(RetryableError("no", error_class="smtp.connection_refused"))
+    assert not smtp_uncertain(RetryableError("no", error_class="smtp.unreachable"))
     assert smtp_uncertain(RetryableError("t", error_class="smtp.timeout"))
     assert smtp_uncertain(RetryableError("gone", error_class="smtp.disconnected"))

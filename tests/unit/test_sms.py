@@ -146,7 +146,7 @@ def test_fit_body_refuses_an_empty_body() -> None:
         (400, {"code": 21211, "message": "invalid To"}, None, PermanentError, "sms.4xx"),
         (401, {"code": 20003, "message": "auth"}, None, PermanentError, "sms.auth"),
         (404, None, None, PermanentError, "sms.4xx"),
-        (408, None, None, RetryableError, "sms.timeout"),
+        (408, None, None, RetryableError, "sms.request_timeout"),
         (429, {"code": 20429, "message": "slow down"}, "7", RetryableError, "sms.rate_limited"),
         (500, None, None, RetryableError, "sms.5xx"),
         (503, {"code": 20500, "message": "down"}, "30", RetryableError, "sms.5xx"),
@@ -238,9 +238,9 @@ def test_rate_limit_is_retryable_and_records_retry_after() -> None:
 @pytest.mark.parametrize(
     ("exc", "error_class"),
     [
-        (httpx.ConnectError("refused"), "sms.connection"),
+        (httpx.ConnectError("refused"), "sms.unreachable"),
         (httpx.ReadTimeout("slow"), "sms.timeout"),
-        (httpx.ConnectTimeout("slow"), "sms.timeout"),
+        (httpx.ConnectTimeout("slow"), "sms.unreachable"),
         (httpx.RemoteProtocolError("reset"), "sms.connection"),
     ],
 )
