@@ -30,6 +30,19 @@ Past a limit, :func:`render` raises :class:`PermanentError` with error class
 ``ljust``, ``zfill``, ``replace``, ``join``, ``format``...) are not callable (their filters
 are, with the limits above), ints are bounded to :data:`MAX_INT_BITS` bits in ``*`` and
 ``**``, and only ``range``, ``dict``, ``namespace``, ``cycler`` and ``joiner`` are global.
+
+Most templates only substitute values (``Hi {{ display_name }}``, ``{{ post.title }}``), and
+those skip the Jinja machinery (issue 10: rendering was about 6 % of the router's CPU). A
+template whose parsed tree (the same parse, so whitespace control and the checks above apply)
+is only text and ``{{ name }}`` lookups, optionally followed by ``.key`` or ``['key']`` steps,
+is compiled once into text pieces and lookups (:func:`_compile_fast`), and :func:`render` joins
+them (:func:`_render_fast`) when each step finds its key in a plain ``dict`` (``.items`` is
+the dict's method, so Jinja decides that one) and each value is a ``str``, ``int``,
+``float``, ``bool`` or ``None``: printed with ``str()`` as Jinja prints them, strings given
+``markupsafe.escape``'s replacements in HTML. Anything else (a missing key, a list, an output
+past :data:`MAX_OUTPUT_CHARS`, a context Jinja would refuse) renders through Jinja
+(:func:`_render_jinja`), which returns or raises what it always did: the fast path only ever
+returns what Jinja would return (``tests/unit/test_templates_fast.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -461,6 +474,102 @@ def _compile(source: str, html: bool) -> Any:
     return (_HTML if html else _TEXT).from_string(source)
 
 
+#: A piece of a substitution-only template: literal text, or a variable name and the keys
+#: looked up in turn under it (``{{ a.b['c'] }}`` is ``("a", ("b", "c"))``).
+_Piece = str | tuple[str, tuple[str, ...]]
+#: ``{{ a.items }}`` on a dict is its method (the sandbox tries the attribute first).
+_DICT_ATTRIBUTES: Final = frozenset(dir(dict))
+#: Value types besides ``str`` the fast path prints: Jinja prints them with ``str()`` (in HTML,
+#: ``escape()``, which leaves their text as it is).
+_PRINTABLE: Final = frozenset({int, float, bool, type(None)})
+_MISSING: Final = object()
+
+
+def _lookup(node: nodes.Node) -> tuple[str, tuple[str, ...]] | None:
+    """``node`` as a name and its constant string keys, or None if it is anything else."""
+    keys: list[str] = []
+    while True:
+        if type(node) is nodes.Getattr and node.attr not in _DICT_ATTRIBUTES:
+            keys.append(node.attr)
+            node = node.node
+        elif (
+            type(node) is nodes.Getitem
+            and type(node.arg) is nodes.Const
+            and type(node.arg.value) is str
+        ):
+            keys.append(node.arg.value)
+            node = node.node
+        elif type(node) is nodes.Name and node.ctx == "load" and node.name != "self":
+            # {{ self }} is Jinja's reference to the template, not a context value.
+            return node.name, tuple(reversed(keys))
+        else:
+            return None
+
+
+@lru_cache(maxsize=4096)
+def _compile_fast(source: str, html: bool) -> tuple[_Piece, ...] | None:
+    """The pieces of a template that only substitutes values; None for any other template
+    (and for one that does not compile: the Jinja path raises its error)."""
+    try:
+        tree = (_HTML if html else _TEXT).parse(source)
+    except Exception:
+        return None
+    pieces: list[_Piece] = []
+    for output in tree.body:
+        if type(output) is not nodes.Output:
+            return None
+        for child in output.nodes:
+            if type(child) is nodes.TemplateData:
+                if pieces and type(pieces[-1]) is str:
+                    pieces[-1] += child.data
+                else:
+                    pieces.append(child.data)
+            else:
+                lookup = _lookup(child)
+                if lookup is None:
+                    return None
+                pieces.append(lookup)
+    return tuple(pieces)
+
+
+def _render_fast(pieces: tuple[_Piece, ...], context: dict[str, Any], html: bool) -> str | None:
+    """The text Jinja would render from ``pieces``; None when the Jinja path must decide
+    (a missing key, a value other than a plain string or number, an output past the limit)."""
+    if "self" in context:  # Template.generate(**context) fails on it
+        return None
+    try:
+        "".join(context)  # and on a key that is not a string
+        out: list[str] = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                out.append(piece)
+                continue
+            name, keys = piece
+            value = context.get(name, _MISSING)
+            for key in keys:
+                if type(value) is not dict:
+                    return None
+                value = value.get(key, _MISSING)
+            if type(value) is str:
+                if html:  # markupsafe.escape's replacements, without making a Markup
+                    value = (
+                        value.replace("&", "&amp;")
+                        .replace(">", "&gt;")
+                        .replace("<", "&lt;")
+                        .replace("'", "&#39;")
+                        .replace('"', "&#34;")
+                    )
+                out.append(value)
+            elif type(value) in _PRINTABLE:  # nothing in them to escape
+                out.append(str(value))
+            else:
+                return None
+        text = "".join(out)
+    except (TypeError, ValueError):  # a key that is not a string, an int too long to print
+        return None
+    return text if len(text) <= MAX_OUTPUT_CHARS else None
+
+
 def render(source: str, context: Mapping[str, Any], *, html: bool = False) -> str:
     """Render one template with ``context`` under the module's limits.
 
@@ -468,6 +577,16 @@ def render(source: str, context: Mapping[str, Any], *, html: bool = False) -> st
     carry), ``template.limit`` (too long, too many iterations or calls, too large a value),
     ``template.error`` (anything else the template does wrong).
     """
+    pieces = _compile_fast(source, html)
+    if pieces is not None and type(context) is dict:
+        text = _render_fast(pieces, context, html)
+        if text is not None:
+            return text
+    return _render_jinja(source, context, html=html)
+
+
+def _render_jinja(source: str, context: Mapping[str, Any], *, html: bool = False) -> str:
+    """:func:`render` through Jinja, always (the fast path's fallback, and its reference)."""
     budget = _Budget()
     token = _BUDGET.set(budget)
     try:
