@@ -13,6 +13,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -219,11 +220,19 @@ class Catalogue:
         """Channels that have a deliveries topic (``inapp``, ``email``, ``sms``)."""
         return tuple(spec.channel for spec in self if spec.channel is not None)
 
-    def for_channel(self, channel: str) -> TopicSpec:
-        """The deliveries topic of a channel."""
+    @cached_property
+    def _by_channel(self) -> dict[str, TopicSpec]:
+        by_channel: dict[str, TopicSpec] = {}
         for spec in self:
-            if spec.channel == channel:
-                return spec
+            if spec.channel is not None:
+                by_channel.setdefault(spec.channel, spec)
+        return by_channel
+
+    def for_channel(self, channel: str) -> TopicSpec:
+        """The deliveries topic of a channel (looked up per routed record: a dict, not a scan)."""
+        spec = self._by_channel.get(channel)
+        if spec is not None:
+            return spec
         raise UnknownTopicError(
             f"no deliveries topic for channel {channel!r}; channels: {', '.join(self.channels)}"
         )

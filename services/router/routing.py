@@ -4,8 +4,9 @@
 - :func:`check_event_type` / :func:`expand`: stage 1, an event into one record per recipient.
 - :func:`choose_channels`: which of an event type's channels a user gets, and why not the rest.
 - :func:`route`: stage 2, one recipient's copy of an event into the notification, the delivery
-  requests and the status events (``pending`` or ``skipped``) it makes, holding non-urgent
-  email and SMS during the user's quiet hours (:mod:`services.router.quiet_hours`).
+  requests and the status events (``pending``, none for in-app, or ``skipped``) it makes,
+  holding non-urgent email and SMS during the user's quiet hours
+  (:mod:`services.router.quiet_hours`).
 - :func:`recipient_outputs` / :func:`routed_outputs`: those records as Kafka records
   (:class:`herald.streaming.Outgoing`), on the catalogue's topics, keyed as the design says;
   :func:`held_rows`: the held deliveries as ``held_delivery`` rows (services.router.holds).
@@ -114,7 +115,8 @@ class Routed:
     address for any of the type's channels): there is then nothing for an inbox, and the
     skipped statuses alone say why. ``deliveries`` go to their channel topics now; ``held``
     ones are stored and go there when the user's quiet hours end. Each of both has a
-    ``pending`` status (a held one's says why and until when).
+    ``pending`` status (a held one's says why and until when), except the in-app delivery,
+    whose first status is the ``delivered`` inapp_store writes.
     """
 
     notification: Record | None
@@ -494,7 +496,12 @@ def route(
             statuses.append(_held(delivery, release_at, preferences, user, now))
             continue
         deliveries.append(delivery)
-        statuses.append(status_event(delivery, "pending", now=now))
+        if channel != "inapp":
+            # inapp_store completes an in-app delivery as it stores it, and its `delivered`
+            # is the delivery's first status: a `pending` before it would be one more record
+            # to encode, produce, consume and write per notification, outdated milliseconds
+            # later (the in-app path's cost; issue 10).
+            statuses.append(status_event(delivery, "pending", now=now))
     return Routed(notification, deliveries, statuses, held)
 
 

@@ -273,9 +273,10 @@ def test_routes_events_and_parks_poison_on_the_dlq(
         "7 records on the events DLQ",
     )
     statuses = wait_for(
-        at_least(12, lambda: kafka.records(catalogue.delivery_status.name)),
+        # 4 notifications x email and SMS (in-app has no status from the router)
+        at_least(8, lambda: kafka.records(catalogue.delivery_status.name)),
         DEADLINE,
-        "12 delivery statuses",
+        "8 delivery statuses",
     )
 
     # The poison, each with its reason and where it came from.
@@ -326,14 +327,13 @@ def test_routes_events_and_parks_poison_on_the_dlq(
         ]
     )
     assert {k: (v["status"], v["error_message"]) for k, v in e1_statuses.items()} == {
-        (bob, "inapp"): ("pending", None),
+        # No in-app status from the router: inapp_store's `delivered` is the first.
         (bob, "email"): ("pending", None),
         (bob, "sms"): ("skipped", "user has no phone number"),
-        (carol, "inapp"): ("pending", None),
         (carol, "email"): ("skipped", "email disabled by the user's preferences"),
         (carol, "sms"): ("pending", None),
     }
-    assert len(statuses) == 12  # e1: bob and carol, e4 and e6: alice; 3 channels each
+    assert len(statuses) == 8  # e1: bob and carol, e4 and e6: alice; email and SMS each
 
     emails = kafka.records(catalogue.deliveries_email.name)
     assert sorted((d["event_id"], d["user_id"]) for d in emails) == sorted(
@@ -404,7 +404,9 @@ def test_tables_follow_their_topics_while_running(
         DEADLINE,
         "the second event's statuses",
     )
-    assert {s["channel"]: s["status"] for s in statuses} == {"inapp": "pending", "email": "skipped"}
+    assert {s["channel"]: s["status"] for s in statuses} == {"email": "skipped"}
+    inapp = kafka.records(catalogue.deliveries_inapp.name)
+    assert [d["user_id"] for d in inapp if d["event_id"] == second] == [erin]
 
     # A tombstone deletes the event type: the next event of that type is parked.
     kafka.send(catalogue.event_types.name, code, None)
@@ -485,7 +487,6 @@ def test_two_workers_share_the_partitions_and_route_every_user(
     events = [kafka.event(event(code, users[i : i + 4])) for i in range(0, len(users), 4)]
     expected: dict[tuple[str, str], str] = {}
     for index, user_id in enumerate(users):
-        expected[(user_id, "inapp")] = "pending"
         expected[(user_id, "email")] = "skipped" if index % 3 == 0 else "pending"
         expected[(user_id, "sms")] = "skipped" if index % 4 == 0 else "pending"
 
@@ -506,6 +507,8 @@ def test_two_workers_share_the_partitions_and_route_every_user(
     notifications = kafka.records(catalogue.notifications.name)
     assert {n["user_id"] for n in notifications} == set(users)
     assert {n["event_id"] for n in notifications} == set(events)
+    inapp = kafka.records(catalogue.deliveries_inapp.name)
+    assert {d["user_id"] for d in inapp} == set(users)
     # Both workers did part of the routing.
     a, b = assigned_partitions(first), assigned_partitions(second)
     assert a and b and not set(a) & set(b)

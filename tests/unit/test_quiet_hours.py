@@ -184,10 +184,10 @@ def test_route_holds_email_and_sms_during_quiet_hours_but_not_in_app() -> None:
         ("sms", LONDON_MORNING),
     ]
     statuses = {s["channel"]: s for s in routed.statuses}
+    # In-app is delivered now (its first status comes from inapp_store).
     assert {c: s["status"] for c, s in statuses.items()} == dict.fromkeys(
-        ("inapp", "email", "sms"), "pending"
+        ("email", "sms"), "pending"
     )
-    assert statuses["inapp"]["error_class"] is None
     for channel in ("email", "sms"):
         assert statuses[channel]["delivery_id"] == delivery_id(nid, channel)
         assert statuses[channel]["error_class"] == "quiet_hours.held"
@@ -234,4 +234,4 @@ def test_a_skipped_channel_stays_skipped_during_quiet_hours() -> None:
     routed = _route(prefs("22:00", "07:00", sms_enabled=False))
     assert [h.delivery["channel"] for h in routed.held] == ["email"]
     statuses = {s["channel"]: s["status"] for s in routed.statuses}
-    assert statuses == {"inapp": "pending", "email": "pending", "sms": "skipped"}
+    assert statuses == {"email": "pending", "sms": "skipped"}

@@ -275,8 +275,8 @@ def test_route_renders_every_channel_from_its_template() -> None:
     assert by_channel["sms"]["body_text"] == "Comment on Kafka at scale"
     assert by_channel["inapp"]["destination"] == "user-42"
     assert by_channel["inapp"]["body_html"] is None
+    # No pending for in-app: inapp_store's `delivered` is its first status.
     assert [(s["channel"], s["status"]) for s in routed.statuses] == [
-        ("inapp", "pending"),
         ("email", "pending"),
         ("sms", "pending"),
     ]
@@ -292,7 +292,7 @@ def test_route_reports_skipped_channels_with_their_reason() -> None:
     assert [d["channel"] for d in routed.deliveries] == ["inapp"]
     assert routed.notification is not None and routed.notification["channels"] == ["inapp"]
     statuses = {s["channel"]: s for s in routed.statuses}
-    assert statuses["inapp"]["status"] == "pending"
+    assert "inapp" not in statuses
     assert statuses["email"]["status"] == "skipped"
     assert statuses["email"]["error_message"] == "email disabled by the user's preferences"
     assert statuses["sms"]["status"] == "skipped"
@@ -402,9 +402,8 @@ def test_routed_outputs_name_the_catalogue_topics_and_keys() -> None:
         (catalogue.notifications.name, b"user-42"),
         (catalogue.deliveries_inapp.name, b"user-42"),
         (catalogue.deliveries_email.name, b"user-42"),
-        (catalogue.delivery_status.name, nid),
-        (catalogue.delivery_status.name, nid),
-        (catalogue.delivery_status.name, nid),
+        (catalogue.delivery_status.name, nid),  # email pending (none for in-app)
+        (catalogue.delivery_status.name, nid),  # sms skipped
     ]
     values = [decode(o.value or b"") for o in out]
     assert values[0] == routed.notification
