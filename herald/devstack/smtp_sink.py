@@ -156,6 +156,15 @@ class Handler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list
+    ) -> list[str]:
+        """Offer PIPELINING (RFC 2920), as production relays do: aiosmtpd reads commands in
+        order from its stream, so a client's MAIL, RCPT and DATA in one write are answered
+        in turn."""
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:

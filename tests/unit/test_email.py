@@ -18,6 +18,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from herald.devstack.process import free_port
 from herald.errors import PermanentError, RetryableError
+from services.email_sender import smtp as smtp_module
 from services.email_sender.message import (
     build_message,
     envelope_sender,
@@ -234,16 +235,20 @@ def test_settings_defaults_and_validation(monkeypatch: pytest.MonkeyPatch) -> No
 class Recorder:
     """An SMTP server's handler: counts sessions, refuses listed recipients, keeps messages."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipelining: bool = False) -> None:
         self.sessions = 0
         self.refuse: dict[str, str] = {}
+        self.refuse_data: str | None = None
         self.messages: list[Envelope] = []
+        self.pipelining = pipelining
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list
     ) -> list:
         self.sessions += 1
         session.host_name = hostname
+        if self.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
     async def handle_RCPT(
@@ -255,13 +260,16 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.refuse_data:
+            return self.refuse_data
         self.messages.append(envelope)
         return "250 accepted"
 
 
-@pytest.fixture
-def smtp_server() -> Iterator[tuple[Recorder, SmtpEndpoint]]:
-    recorder = Recorder()
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelined"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, SmtpEndpoint]]:
+    """A relay without PIPELINING (smtplib's sendmail) and one with it (send_pipelined)."""
+    recorder = Recorder(pipelining=request.param)
     port = free_port()
     controller = Controller(recorder, hostname="127.0.0.1", port=port)
     controller.start()
@@ -300,6 +308,37 @@ def test_transport_keeps_the_connection_after_a_refusal(
     assert (busy.value.error_class, gone.value.error_class) == ("smtp.4xx", "smtp.5xx")
     assert transport.connections_opened == 1
     assert [env.rcpt_tos for env in recorder.messages] == [["fine@example.test"]]
+
+
+def test_a_refused_message_leaves_the_session_usable(
+    smtp_server: tuple[Recorder, SmtpEndpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder, endpoint = smtp_server
+    pipelined: list[str] = []
+    real = smtp_module.send_pipelined
+
+    def spy(smtp: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> None:
+        pipelined.append(recipient)
+        real(smtp, sender, recipient, message)
+
+    monkeypatch.setattr(smtp_module, "send_pipelined", spy)
+    transport = SmtpTransport(endpoint, timeout=5, idle_check_seconds=60)
+    send = EmailSender(transport, FROM)
+    recorder.refuse_data = "554 5.6.0 message refused"
+    with pytest.raises(PermanentError) as refused:
+        send(request(destination="one@example.test"))
+    recorder.refuse_data = None
+    body = ".starts with a dot\n..two\n.\nend"
+    send(request(destination="two@example.test", body_text=body, body_html=None))
+    transport.close()
+    assert refused.value.error_class == "smtp.5xx"
+    assert transport.connections_opened == 1
+    # Pipelined exactly when the relay offers it.
+    assert pipelined == (["one@example.test", "two@example.test"] if recorder.pipelining else [])
+    (kept,) = recorder.messages
+    assert kept.rcpt_tos == ["two@example.test"]
+    text = parsed(kept.original_content or b"").get_body(("plain",))
+    assert text is not None and text.get_content().splitlines() == body.splitlines()
 
 
 def test_transport_reconnects_after_the_connection_broke(
