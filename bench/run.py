@@ -364,8 +364,8 @@ def main() -> None:
     parser.add_argument(
         "--fanout-events", type=int, default=5_000, help="events of the fan-out 2 run"
     )
-    parser.add_argument("--sender-count", type=int, default=6_000, help="sends per channel")
-    parser.add_argument("--sender-concurrency", type=int, default=256, help="sends in flight")
+    parser.add_argument("--sender-count", type=int, default=10_000, help="sends per channel")
+    parser.add_argument("--sender-concurrency", type=int, default=512, help="sends in flight")
     parser.add_argument("--sender-latency-ms", type=float, default=100)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument(

@@ -10,9 +10,9 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import Message
 from prometheus_client import Counter, Gauge
@@ -235,11 +235,30 @@ class SenderHandler:
         self.clock = clock
         self.timer = timer
         self._window = 1
+        # Confirms are written by one thread of their own, in order, while the batch goes on
+        # refilling the window (a confirm is a database round trip, and the batch loop was the
+        # limit at hundreds in flight); the batch waits for all of them before it returns, so
+        # no status event is produced and no offset committed before its confirm is stored.
+        self._confirmer = ThreadPoolExecutor(1, thread_name_prefix=f"{routes.channel}-confirm")
+        self._confirms: list[Future[None]] = []
         CIRCUIT_OPEN.labels(routes.channel).set(0)
 
     def close(self) -> None:
         """Stop the pool's threads."""
         self.pool.close()
+        self._confirmer.shutdown(wait=True)
+
+    def _confirmed(self, *, wait_all: bool) -> None:
+        """Raise the first failure of the confirms written so far (all of them, waiting for
+        each, when ``wait_all``; else only those done)."""
+        if wait_all:
+            wait(self._confirms)
+        failed = [f for f in self._confirms if f.done() and f.exception() is not None]
+        self._confirms = [f for f in self._confirms if not f.done()]
+        if failed:
+            wait(self._confirms)  # the rest end before the error stops the batch
+            self._confirms = []
+            raise cast(BaseException, failed[0].exception())
 
     def window(self) -> int:
         """How many sends may be in flight now (1 up to the pool's ``concurrency``)."""
@@ -299,12 +318,17 @@ class SenderHandler:
                     done = self._completed(in_flight)
                     self._finish(done, decoded, results, in_flight, busy)
                     IN_FLIGHT.labels(channel).set(len(in_flight))
+                self._confirmed(wait_all=False)
+            self._confirmed(wait_all=True)
         finally:
             if in_flight:
                 # Only a journal failure gets here: let the sends end before the loop stops;
                 # their claims stay, so whoever takes the records over finds them unconfirmed.
                 wait(in_flight)
                 IN_FLIGHT.labels(channel).set(0)
+            if self._confirms:  # a failure elsewhere: let the confirms under way end
+                wait(self._confirms)
+                self._confirms = []
         for result in results:
             outgoing.extend(result)
         if held_from is not None:
@@ -401,8 +425,11 @@ class SenderHandler:
         self.journal.release_many(released)
         if not accepted:
             return
-        self.journal.confirm_many(
-            [(decoded[i][1]["delivery_id"], sent.message_id) for i, sent in accepted]
+        self._confirms.append(
+            self._confirmer.submit(
+                self.journal.confirm_many,
+                [(decoded[i][1]["delivery_id"], sent.message_id) for i, sent in accepted],
+            )
         )
         for i, sent in accepted:
             message, request = decoded[i]
