@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from herald.settings import KafkaSettings
+from schemas import Catalogue
 
 
 def read_all(kafka: KafkaSettings, topic: str, timeout: float = 20.0) -> list[Message]:
@@ -84,3 +93,51 @@ def committed_to_end(kafka: KafkaSettings, group: str, topics: list[str]) -> boo
     held a record has nothing to commit; its committed offset stays unset)."""
     offsets = committed_and_end(kafka, group, topics).values()
     return all(end == 0 or committed >= end for committed, end in offsets)
+
+
+def downstream_caught_up(
+    kafka: KafkaSettings, catalogue: Catalogue, channels: Sequence[str]
+) -> bool:
+    """Whether the senders of ``channels`` and then the in-app store have committed every
+    record now on the topics they consume (a sender's deliveries topic and its retry tiers;
+    the store's notifications, in-app and status topics). Each commits a batch only once its
+    effects are done (sent, statuses acknowledged, rows committed: herald.streaming.BatchLoop),
+    so whatever reached those topics before the call has had its effects when this is true:
+    a test that waits for "nothing more happens" downstream polls this instead of sleeping."""
+    prefix = kafka.topic_prefix
+    for channel in channels:
+        spec = catalogue.for_channel(channel)
+        topics = [spec.name, *spec.retry_topic_names]
+        if not committed_to_end(kafka, f"{prefix}{channel}_sender", topics):
+            return False
+    store = [
+        catalogue.notifications.name,
+        catalogue.for_channel("inapp").name,
+        catalogue.delivery_status.name,
+    ]
+    return committed_to_end(kafka, f"{prefix}inapp_store", store)
+
+
+#: Broker answers that pass on their own (a fresh topic's leader settling, a slow broker).
+_PASSING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+
+
+def poll_safely(check: Callable[[], bool]) -> Callable[[], bool]:
+    """``check`` for ``wait_for``, answering False (look again) when the broker briefly cannot
+    answer, instead of failing the test on a busy shared broker."""
+
+    def safe() -> bool:
+        try:
+            return check()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and (error.retriable() or error.code() in _PASSING):
+                return False
+            raise
+
+    return safe

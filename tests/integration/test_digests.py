@@ -23,7 +23,12 @@ from herald.settings import DatabaseSettings, KafkaSettings
 from herald.streaming import Outgoing, producer_config
 from schemas import Catalogue
 from services.router.stage1 import partition_of
-from tests.integration.kafka_util import read_all
+from tests.integration.kafka_util import (
+    committed_and_end,
+    downstream_caught_up,
+    poll_safely,
+    read_all,
+)
 from tests.integration.pipeline import Pipeline, wait_for
 from tests.integration.services import ServiceProcess
 from tests.integration.test_ingest import (
@@ -163,6 +168,42 @@ def _first_notification(pipeline: Pipeline, timeout: float) -> bool:
         consumer.close()
 
 
+def _settled(pipeline: Pipeline, users: list[str]) -> bool:
+    """Whether no digest can still come for ``users``: the router absorbed the newest
+    recipients record of each (its offset is in the user's digest state on the changelog, or
+    the router committed past it; records of a partition are absorbed in order) and holds no
+    open window for them (a window leaves the state only once its outputs are acknowledged);
+    then the email sender and the in-app store consumed everything the router produced.
+    What a test polls instead of sleeping a window long after the digest arrived."""
+    kafka = pipeline.kafka
+    recipients = pipeline.catalogue.recipients.name
+    newest: dict[str, tuple[int, int]] = {}
+    for message in read_all(kafka, recipients):  # in offset order
+        newest[(message.key() or b"").decode()] = (message.partition() or 0, message.offset() or 0)
+    changelog = f"{kafka.topic_prefix}herald-router-digest_windows-changelog"
+    states = {
+        (m.key() or b"").decode(): json.loads(m.value() or b"{}")  # a tombstone: no state
+        for m in read_all(kafka, changelog)
+    }
+    committed = committed_and_end(kafka, f"{kafka.topic_prefix}herald-router", [recipients])
+    for user in users:
+        if user not in newest:
+            return False
+        partition, offset = newest[user]
+        state = states.get(user, {})
+        if state.get("w"):
+            return False  # a window still open: it is emitted at its end
+        if offset not in state.get("o", ()) and committed[(recipients, partition)][0] <= offset:
+            return False  # not absorbed yet
+    return downstream_caught_up(kafka, pipeline.catalogue, ("email",))
+
+
+def _wait_settled(pipeline: Pipeline, users: list[str], what: str) -> None:
+    """Wait until :func:`_settled` (a window opened now would end within WINDOW_S)."""
+    settled = poll_safely(lambda: _settled(pipeline, users))
+    wait_for(settled, WINDOW_S + 60, f"{what} to settle (no digest to come)")
+
+
 def test_fifty_events_make_one_digest_even_with_a_sigkill_at_the_window_end(
     pipeline: Pipeline, run_service: Recorder
 ) -> None:
@@ -182,12 +223,12 @@ def test_fifty_events_make_one_digest_even_with_a_sigkill_at_the_window_end(
 
     wait_for(lambda: len(_notifications(pipeline, code)) == 1, 90, "the digest notification")
     wait_for(lambda: pipeline.emails_to(email), 90, "the digest email")
-    # The restarted router expands every event again and reads every recipients record
-    # again; give any second window time to end and be emitted.
+    # The restarted router expands every event again (50 more recipients records) and reads
+    # every recipients record again; a second window they opened would be emitted at its end.
     recipients = pipeline.catalogue.recipients.name
     wait_for(lambda: len(read_all(pipeline.kafka, recipients)) >= 100, 90, "the replay")
     wait_for(lambda: "Worker ready" in restarted.output(), 60, "the restarted router")
-    time.sleep(WINDOW_S + 4)
+    _wait_settled(pipeline, [reader], "the replay")
 
     (row,) = _notifications(pipeline, code)
     user_id, title, message, metadata = row
@@ -226,7 +267,7 @@ def test_two_users_get_a_digest_each_and_another_key_its_own(pipeline: Pipeline)
             60,
             f"{user}'s digest emails",
         )
-    time.sleep(2)
+    _wait_settled(pipeline, [ann, ben], "the two users")
     assert len(_notifications(pipeline, code)) == 3
     assert len(pipeline.emails_to(pipeline.user_contact(ann)["email"])) == 1
     assert len(pipeline.emails_to(pipeline.user_contact(ben)["email"])) == 2
@@ -320,7 +361,7 @@ def test_a_window_moved_by_a_rebalance_is_emitted_once(
 
     wait_for(lambda: _notifications(pipeline, code), 90, "the digest after the rebalance")
     wait_for(lambda: pipeline.emails_to(email), 60, "the digest email")
-    time.sleep(WINDOW_S + 4)
+    _wait_settled(pipeline, [reader], "the takeover")
     (row,) = _notifications(pipeline, code)
     assert row[1] in _titles(19)
     assert row[3]["digest_count"] == "20"

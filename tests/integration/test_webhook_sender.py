@@ -32,6 +32,7 @@ from tests.integration.delivery_util import (
     wait_for,
     wait_for_statuses,
 )
+from tests.integration.kafka_util import committed_to_end, poll_safely
 from tests.integration.pipeline import free_port
 from tests.integration.services import ServiceProcess, service_env
 
@@ -117,6 +118,15 @@ def start(
     return run_service(module, env)
 
 
+def sender_caught_up(kafka: KafkaSettings, topics: Catalogue, kind: str = "webhook") -> bool:
+    """Whether the sender's group has committed every record now on its deliveries topic and
+    retry tiers: it commits a batch only after its sends, so a record handled twice would
+    have reached the sink by then."""
+    spec = topics.for_channel(kind)
+    consumed = [spec.name, *spec.retry_topic_names]
+    return committed_to_end(kafka, f"{kafka.topic_prefix}{kind}_sender", consumed)
+
+
 def independent_verify(secret: str, headers: dict[str, str], body: str) -> bool:
     """Standard Webhooks verification written from the specification, not herald.webhooks."""
     key = base64.b64decode(secret[len("whsec_") :])
@@ -180,10 +190,10 @@ def test_signed_webhooks_verify_independently_and_a_late_replay_is_rejected(
     grouped = wait_for_statuses(
         kafka_settings, topics, {r["delivery_id"]: "sent" for r in requests}
     )
-    received = wait_for(
-        lambda: got if len(got := sink.requests(path)) >= 3 else None, 30, "three webhooks"
-    )
-    time.sleep(1)  # a duplicate would arrive now
+    wait_for(lambda: len(sink.requests(path)) >= 3, 30, "three webhooks")
+    # Every record handled (the duplicate too): a second send would be at the sink by now.
+    caught_up = poll_safely(lambda: sender_caught_up(kafka_settings, topics))
+    wait_for(caught_up, 30, "the sender to commit all")
     received = sink.requests(path)
     assert len(received) == 3  # the duplicate record was not sent again
     by_id = {r["headers"]["webhook-id"]: r for r in received}
@@ -286,7 +296,9 @@ def test_5xx_walks_the_tiers_to_the_dlq_and_a_replay_delivers_it_once(
     assert "1 matched, replayed 1" in replayed.stdout
 
     wait_for_statuses(kafka_settings, topics, {delivery: "sent"})
-    time.sleep(2)  # a second send would show now
+    # The replayed record and anything after it handled: a second send would show by now.
+    caught_up = poll_safely(lambda: sender_caught_up(kafka_settings, topics))
+    wait_for(caught_up, 30, "the sender to commit all")
     answered = sink.requests(path)
     assert [r["status"] for r in answered] == [503] * (len(tiers) + 1) + [200]
     assert {r["headers"]["webhook-id"] for r in answered} == {delivery}
