@@ -107,7 +107,9 @@ def erase_rows(connection: Connection, user_id: str) -> dict[str, int]:
 
 def remaining_rows(connection: Connection, user_id: str) -> dict[str, int]:
     """Rows about ``user_id`` still in each table (tables with none left out): what
-    :func:`erase_rows` deletes, counted (tests, and a check after an erasure)."""
+    :func:`erase_rows` deletes, counted. Attempt and journal rows carry no user id and are
+    found through the user's notifications, so once those are deleted they are no longer
+    seen: to check an erasure, take the ids before it (tests/integration/test_lifecycle.py)."""
     nids = _notification_ids(connection, user_id)
     counts: dict[str, int] = {}
     ids = delivery_ids(nids)

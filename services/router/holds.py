@@ -29,12 +29,14 @@ from sqlalchemy.dialects.postgresql import insert
 
 from herald.db.engine import make_engine
 from herald.db.models import HeldDelivery
+from herald.metrics import ERRORS
 from herald.producer import AckedProducer
 from herald.serde import Record, decode, encode
 from herald.settings import DatabaseSettings, KafkaSettings
 from herald.status import status_outgoing
 from herald.streaming import Outgoing, producer_config
 from schemas import Catalogue
+from services.router.app import SERVICE
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ RELEASED = Counter(
 REVIEWED = Counter(
     "herald_quiet_hours_reviewed_total",
     "Held deliveries decided again after the user's records changed, by outcome (released "
-    "early, dropped as opted out, moved to a new release time; services.router.hold_review)",
+    "early, dropped as opted out, moved to a new release time, kept as held because the row "
+    "could not be read (unreadable); services.router.hold_review)",
     ["action"],
 )
 
@@ -151,9 +154,23 @@ class HoldStore:
             gone, changed = [], []
             for row in rows:
                 payload = bytes(row.payload)
-                decision = decide(decode(payload, "herald.DeliveryRequest"), row.release_at)
+                try:
+                    decision = decide(decode(payload, "herald.DeliveryRequest"), row.release_at)
+                    delivery = encode("herald.DeliveryRequest", decision.delivery)
+                except Exception as exc:
+                    # A row this worker cannot read or decide (a payload written by a newer
+                    # schema it does not know, a corrupt row): kept as it is, released as held
+                    # when its time comes (the sender dead-letters it if it cannot read it
+                    # either). Retrying would stall the user's table feeder for good.
+                    counts["unreadable"] += 1
+                    ERRORS.labels(SERVICE, "quiet_hours.unreadable_row").inc()
+                    log.error(
+                        "held delivery could not be reviewed; kept as it was held",
+                        extra={"delivery_id": str(row.delivery_id), "user_id": user_id,
+                               "error": f"{type(exc).__name__}: {exc}"},
+                    )  # fmt: skip
+                    continue
                 counts[decision.action] += 1
-                delivery = encode("herald.DeliveryRequest", decision.delivery)
                 if decision.status is not None:
                     records.append(status_outgoing(self.catalogue, decision.status))
                 if decision.action == "release":
