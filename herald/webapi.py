@@ -20,13 +20,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final, Literal
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -303,6 +304,40 @@ def install_database_problem_handler(app: FastAPI) -> None:
     app.add_exception_handler(PoolTimeoutError, _on_database_unavailable)
 
 
+class Health(BaseModel):
+    """The answer of ``/healthz``."""
+
+    status: Literal["ok"]
+
+
+def health_router() -> APIRouter:
+    """A router with ``/healthz`` (the process answers; checks nothing else), the same for
+    every HTTP service; each adds its own ``/readyz`` with ``@router.get("/readyz",
+    **READYZ_ROUTE)``, :class:`ReadinessCache`, :func:`database_check` and
+    :func:`readiness_response`."""
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", response_model=Health, summary="Liveness")
+    def healthz() -> Health:
+        """The process is up and serving requests (checks nothing else)."""
+        return Health(status="ok")
+
+    return router
+
+
+def database_check(engine: Engine, timeout_s: float) -> str:
+    """``"ok"`` when PostgreSQL answers a query within ``timeout_s`` (a database that accepts
+    connections but hangs is not ready either), else ``"failed: <error>"``."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}"))
+            connection.execute(text("select 1"))
+        return "ok"
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0]
+        return f"failed: {type(exc).__name__}: {reason}"
+
+
 class Readiness(BaseModel):
     """The answer of ``/readyz`` when ready."""
 
@@ -337,6 +372,17 @@ class ReadinessCache:
                 self._checks = run()
                 self._checked_at = self._clock()
             return dict(self._checks)
+
+
+#: The route of every service's ``/readyz``: anonymous (load balancers probe it), or a key
+#: with the admin scope for the details.
+READYZ_ROUTE: Final[dict[str, Any]] = {
+    "response_model": Readiness,
+    "response_model_exclude_none": True,
+    "responses": problem_responses(401, 429, 503),
+    "summary": "Readiness",
+    "openapi_extra": {"security": [{}, {"AdminApiKey": ["admin"]}, {"AdminBearer": ["admin"]}]},
+}
 
 
 def readiness_response(

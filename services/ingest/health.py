@@ -7,40 +7,24 @@ topics this API writes exist).
 
 from __future__ import annotations
 
-from typing import Literal
-
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-from sqlalchemy import text
 
 from herald.auth import OptionalKey
-from herald.webapi import Readiness, problem_responses, readiness_response
+from herald.webapi import (
+    READYZ_ROUTE,
+    Readiness,
+    database_check,
+    health_router,
+    readiness_response,
+)
 from services.ingest.deps import DbEngine, Limits, Publish, Topics
 from services.ingest.publisher import PublishError
 
-router = APIRouter(tags=["health"])
+router = health_router()
 
 
-class Health(BaseModel):
-    status: Literal["ok"]
-
-
-@router.get("/healthz", response_model=Health, summary="Liveness")
-def healthz() -> Health:
-    """The process is up and serving requests (checks nothing else)."""
-    return Health(status="ok")
-
-
-@router.get(
-    "/readyz",
-    response_model=Readiness,
-    response_model_exclude_none=True,
-    responses=problem_responses(401, 429, 503),
-    summary="Readiness",
-    # Anonymous, or a key for the details.
-    openapi_extra={"security": [{}, {"AdminApiKey": ["admin"]}, {"AdminBearer": ["admin"]}]},
-)
+@router.get("/readyz", **READYZ_ROUTE)
 def readyz(
     request: Request,
     engine: DbEngine,
@@ -49,18 +33,13 @@ def readyz(
     limits: Limits,
     caller: OptionalKey,
 ) -> Readiness | JSONResponse:
-    """Ready when PostgreSQL answers ``select 1``, Kafka answers a metadata request, and the
-    topics this API writes exist; ``503`` otherwise. Only a key with the ``admin`` scope is
-    told which check failed and why. The checks run at most once a second."""
+    """Ready when PostgreSQL answers a query within ``INGEST_READY_TIMEOUT_S``, Kafka answers a
+    metadata request, and the topics this API writes exist; ``503`` otherwise. Only a key with
+    the ``admin`` scope is told which check failed and why. The checks run at most once a
+    second."""
 
     def run() -> dict[str, str]:
-        checks: dict[str, str] = {}
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("select 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        checks = {"database": database_check(engine, limits.ready_timeout_s)}
         try:
             existing = publisher.topics(limits.ready_timeout_s)
             wanted = [topics.events, topics.event_types, topics.users, topics.preferences]

@@ -7,39 +7,23 @@ real-time listener is connected).
 
 from __future__ import annotations
 
-from typing import Literal
-
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
-from sqlalchemy import text
 
 from herald.auth import OptionalKey
-from herald.webapi import Readiness, problem_responses, readiness_response
+from herald.webapi import (
+    READYZ_ROUTE,
+    Readiness,
+    database_check,
+    health_router,
+    readiness_response,
+)
 from services.inapp_store.api.deps import Broker, Config, DbEngine
 
-router = APIRouter(tags=["health"])
+router = health_router()
 
 
-class Health(BaseModel):
-    status: Literal["ok"]
-
-
-@router.get("/healthz", response_model=Health, summary="Liveness")
-def healthz() -> Health:
-    """The process is up and serving requests (checks nothing else)."""
-    return Health(status="ok")
-
-
-@router.get(
-    "/readyz",
-    response_model=Readiness,
-    response_model_exclude_none=True,
-    responses=problem_responses(401, 429, 503),
-    summary="Readiness",
-    # Anonymous, or a key for the details.
-    openapi_extra={"security": [{}, {"AdminApiKey": ["admin"]}, {"AdminBearer": ["admin"]}]},
-)
+@router.get("/readyz", **READYZ_ROUTE)
 def readyz(
     request: Request, engine: DbEngine, broker: Broker, config: Config, caller: OptionalKey
 ) -> Readiness | JSONResponse:
@@ -49,19 +33,10 @@ def readyz(
     second."""
 
     def run() -> dict[str, str]:
-        checks: dict[str, str] = {}
-        try:
-            with engine.connect() as connection:
-                # Bounded: a database that accepts connections but hangs is not ready either.
-                timeout_ms = int(config.ready_timeout_s * 1000)
-                connection.execute(text(f"SET LOCAL statement_timeout = {timeout_ms}"))
-                connection.execute(text("select 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            reason = str(exc).strip().splitlines()[0]
-            checks["database"] = f"failed: {type(exc).__name__}: {reason}"
-        checks["listener"] = "ok" if broker.connected else "failed: not listening"
-        return checks
+        return {
+            "database": database_check(engine, config.ready_timeout_s),
+            "listener": "ok" if broker.connected else "failed: not listening",
+        }
 
     checks = request.app.state.readiness.get(run)
     return readiness_response(request, checks, detailed=caller is not None and caller.may("admin"))
