@@ -12,6 +12,12 @@ unreadable values are kept verbatim under ``x-garbled-<name>`` (``x-attempt`` â†
 the record's own topic/partition/offset, the failure time, replay count 0), so ``herald dlq``
 can list and replay it like any other dead letter.
 
+``x-provider-pin`` is the provider failover's durable pin (:mod:`herald.sender.providers`): the
+provider a delivery's send went to when its outcome was unknown (``sms-a``). The sender writes
+it on the retry-tier and dead-letter records of such a send, every later hop and ``herald dlq
+replay`` keep it, and the sender sends a record carrying it through that provider only. An
+unreadable pin is a problem like any other (the record is parked, never sent elsewhere).
+
 Headers Herald does not own (tracing, an application's own) are passed on as they came, bytes
 and all.
 """
@@ -36,6 +42,9 @@ H_REPLAY_COUNT = "x-replay-count"
 #: The service that wrote a status event, on the ones a service reads back itself
 #: (inapp_store's in-app ``delivered``), so that it skips its own echo without decoding it.
 H_WRITTEN_BY = "x-written-by"
+#: The provider a delivery is pinned to after a send whose outcome is unknown (a timeout after
+#: the request went out): its later attempts go there only (:mod:`herald.sender.providers`).
+H_PROVIDER_PIN = "x-provider-pin"
 
 #: Where an unreadable value is kept on a dead letter: ``x-attempt`` â†’ ``x-garbled-attempt``.
 GARBLED_PREFIX = "x-garbled-"
@@ -49,6 +58,7 @@ RawHeaders = Iterable[tuple[str, RawValue]] | Mapping[str, RawValue] | None
 _INT = re.compile(r"[0-9]{1,19}")
 _SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_PROVIDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 #: Longest error message written (and the longest value quoted in a problem).
 MAX_MESSAGE = 1000
 _QUOTE = 60
@@ -81,6 +91,12 @@ def _topic(text: str) -> str:
     return text
 
 
+def _provider(text: str) -> str:
+    if not _PROVIDER.fullmatch(text):
+        raise ValueError("not a provider name")
+    return text
+
+
 def _text(text: str) -> str:
     if not text:
         raise ValueError("empty")
@@ -98,6 +114,7 @@ _READERS: dict[str, tuple[str, Any]] = {
     H_ERROR_MESSAGE: ("error_message", lambda text: text),
     H_FIRST_FAILED_AT: ("first_failed_at", _seconds),
     H_REPLAY_COUNT: ("replay_count", _int_range(0, 1_000_000)),
+    H_PROVIDER_PIN: ("provider_pin", _provider),
 }
 #: Every ``x-*`` header of the design.
 DESIGN_HEADERS = tuple(_READERS)
@@ -117,6 +134,8 @@ class Headers:
     error_message: str | None = None
     first_failed_at: float | None = None
     replay_count: int | None = None
+    #: The provider the delivery is pinned to (``x-provider-pin``), None when not pinned.
+    provider_pin: str | None = None
     #: One line per unreadable design header: ``x-attempt='x': not a whole number``.
     problems: tuple[str, ...] = ()
     #: The design headers that were unreadable, with their raw values (the last one seen).

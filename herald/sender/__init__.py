@@ -36,7 +36,10 @@ Every transient failure in a row also halves the number of sends in flight.
 A channel with several providers (``SMTP_FALLBACK_URLS``, ``SMS_API_FALLBACK_URLS``) sends
 through a :class:`~herald.sender.providers.ProviderChain`: each provider has its own breaker,
 sends fall over to the next provider while the first fails, and return once a probe succeeds;
-the handler's breaker then opens only when every provider fails.
+the handler's breaker then opens only when every provider fails. A send whose outcome is
+unknown (a timeout) pins the delivery to its provider: the retry-tier and dead-letter records
+carry ``x-provider-pin``, and the chain sends such a record through that provider only, after
+a restart as before it.
 
 Modules: :mod:`~herald.sender.handler` (the decisions), :mod:`~herald.sender.journal` (the
 send journal), :mod:`~herald.sender.breaker`, :mod:`~herald.sender.pool` (concurrent sends
@@ -69,7 +72,13 @@ from herald.sender.journal import (
     SendJournal,
 )
 from herald.sender.pool import SendFunction, SendPool, Sent, TokenBucket
-from herald.sender.providers import ProviderChain, provider_names, resend_uncertain_safe
+from herald.sender.providers import (
+    PIN_UNKNOWN,
+    ProviderChain,
+    provider_names,
+    resend_uncertain_safe,
+    with_pin,
+)
 from herald.sender.service import SenderSettings, run_sender, serve_channel
 
 __all__ = [
@@ -80,6 +89,7 @@ __all__ = [
     "DUPLICATES_SKIPPED",
     "JOURNAL_RETRIES",
     "OUTCOME_UNKNOWN",
+    "PIN_UNKNOWN",
     "REQUEST_SCHEMA",
     "Breaker",
     "Claim",
@@ -103,4 +113,5 @@ __all__ = [
     "resend_uncertain_safe",
     "run_sender",
     "serve_channel",
+    "with_pin",
 ]

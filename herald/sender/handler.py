@@ -11,7 +11,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from confluent_kafka import Message
@@ -24,13 +24,20 @@ from herald.errors import (
     RetryableError,
     SkipDelivery,
 )
-from herald.headers import HEADERS_INVALID, header_problems, read_headers
+from herald.headers import (
+    H_PROVIDER_PIN,
+    HEADERS_INVALID,
+    header_problems,
+    read_headers,
+    write_headers,
+)
 from herald.identity import check_id_length
 from herald.metrics import DELIVERIES, ERRORS
 from herald.observability import observe_final
 from herald.sender.breaker import Breaker
 from herald.sender.journal import Claim, JournalEntry, SendJournal
 from herald.sender.pool import IN_FLIGHT, SendFunction, SendPool, Sent, as_sent
+from herald.sender.providers import PIN_UNKNOWN, with_pin
 from herald.serde import SerdeError, decode
 from herald.status import status_event, status_outgoing
 from herald.streaming import Handled, Outgoing, failure_record
@@ -356,12 +363,17 @@ class SenderHandler:
         in_flight: dict[Future[str | Sent], int],
         busy: set[str],
     ) -> None:
-        """Claim the group's deliveries (one statement) and hand those won to the pool."""
+        """Claim the group's deliveries (one statement) and hand those won to the pool, each
+        with the provider its record is pinned to (``x-provider-pin``), if any."""
         claims = []
+        pins: dict[int, str] = {}
         for i in group:
             message, request = decoded[i]
             delivery_id = request["delivery_id"]
-            claims.append(Claim(delivery_id, attempt_of(message), journal.get(delivery_id)))
+            headers = read_headers(message.headers())
+            if headers.provider_pin is not None:
+                pins[i] = headers.provider_pin
+            claims.append(Claim(delivery_id, headers.attempt or 1, journal.get(delivery_id)))
         won = self.journal.claim_many(claims, self.routes.channel)
         for i in group:
             request = decoded[i][1]
@@ -376,7 +388,8 @@ class SenderHandler:
                 CLAIMS_LOST.labels(self.routes.channel).inc()
                 log.info("claimed by another sender; skipped", extra={"delivery_id": delivery_id})
                 continue
-            in_flight[self.pool.submit(request)] = i
+            pin = pins.get(i)
+            in_flight[self.pool.submit(request if pin is None else with_pin(request, pin))] = i
 
     def _finish(
         self,
@@ -540,7 +553,7 @@ class SenderHandler:
         if (
             isinstance(error, RetryableError)
             and not isinstance(error, EndpointRetryableError)
-            and error.error_class != "sender.batch_budget"
+            and error.error_class not in ("sender.batch_budget", PIN_UNKNOWN)
         ):
             self._provider_failed(error)
         log.warning(
@@ -571,7 +584,16 @@ class SenderHandler:
         )
 
     def _route_failure(self, message: Message, error: ProcessingError) -> Outgoing:
-        return failure_record(
+        """The retry-tier or dead-letter record of a failure, with the provider pin.
+
+        A send whose outcome is unknown pins the delivery to its provider: the record says so
+        (``x-provider-pin``), so that its next attempt goes there only, whichever sender
+        process takes it (see :mod:`herald.sender.providers`). A pin the record already
+        carries is kept (every hop keeps the headers). An unreadable pin is kept under
+        ``x-garbled-provider-pin`` and dropped from the record, which is parked on the DLQ
+        (``headers.invalid``): an operator's replay is then sent like one of
+        ``sender.outcome_unknown``, without a pin."""
+        record = failure_record(
             message,
             error,
             retry_topics=self.routes.retry_topics,
@@ -579,3 +601,10 @@ class SenderHandler:
             dlq_topic=self.routes.dlq_topic,
             now=self.clock(),
         )
+        if error.uncertain_outcome and error.provider:
+            pin: str | None = error.provider
+        elif H_PROVIDER_PIN in read_headers(message.headers()).garbled:
+            pin = None
+        else:
+            return record
+        return replace(record, headers=write_headers(record.headers, {H_PROVIDER_PIN: pin}))

@@ -19,9 +19,22 @@ tried in their configured order:
 - A failure whose outcome is unknown (a timeout or a connection lost after the request went
   out: the provider may have accepted the message) never falls through: sending the same
   delivery to another provider could deliver it twice, since an idempotency key is only
-  honoured by the provider that received it. The delivery is *pinned* to that provider (in
-  this process's memory) and its later attempts go there only, where the idempotency key
-  (SMS) makes a resend safe.
+  honoured by the provider that received it. The delivery is *pinned* to that provider and its
+  later attempts go there only, where the idempotency key (SMS) makes a resend safe. The pin
+  is kept twice: in this process's memory (:class:`_Pins`, the fast path) and, durably, on the
+  record: the handler writes ``x-provider-pin`` (:data:`herald.headers.H_PROVIDER_PIN`) on the
+  retry-tier and dead-letter records of such a send, every later hop and ``herald dlq replay``
+  keep it, and the handler hands the pin of a record it sends to the chain with the request
+  (:func:`with_pin`). A pin from the record wins over memory, so the pin survives a sender
+  restart and a retry tier's partition moving to another replica.
+- A pin naming a provider this chain does not have (the configuration changed since: a
+  provider removed) sends nothing: the delivery may already be at that provider, and any
+  other one could deliver it a second time. It fails as a transient error whose outcome is
+  unknown (:data:`PIN_UNKNOWN`, ``sender.pin_unknown``), so it walks the retry tiers, keeping
+  its pin (a replica that still has the provider, or the configuration restored, sends it
+  there), and then rests on the DLQ as ``dead`` for an operator. It counts toward no breaker.
+  Provider names are positions (``sms-b`` is the second URL): removing or reordering
+  providers while pinned deliveries wait in the tiers re-points their pins.
 - A permanent error (an invalid number, a refused address) is returned at once, without
   trying the next provider.
 
@@ -77,6 +90,19 @@ PROVIDER_TRIPS = Counter(
 #: Classifies a transient error: True when the provider may have accepted the message.
 Uncertain = Callable[[RetryableError], bool]
 
+#: The error class of a delivery pinned (``x-provider-pin``) to a provider the chain does not
+#: have: not sent anywhere (see the module docstring).
+PIN_UNKNOWN = "sender.pin_unknown"
+#: The private key under which a request handed to a chain carries the record's pin
+#: (:func:`with_pin`); not an Avro field, and removed before a provider's send sees it.
+PIN_KEY = "_provider_pin"
+
+
+def with_pin(request: Mapping[str, Any], provider: str) -> dict[str, Any]:
+    """A copy of ``request`` that a :class:`ProviderChain` sends through ``provider`` only
+    (the record's ``x-provider-pin``). A plain send function sees one key more and ignores it."""
+    return {**request, PIN_KEY: provider}
+
 
 def provider_names(prefix: str, count: int) -> list[str]:
     """``prefix-a``, ``prefix-b``, ... for ``count`` providers (``sms-a``, ``sms-b``)."""
@@ -117,7 +143,10 @@ class _Provider:
 
 @dataclass
 class _Pins:
-    """Deliveries whose last send had an unknown outcome, and the provider it went to."""
+    """Deliveries whose last send had an unknown outcome, and the provider it went to.
+
+    The fast path, in this process's memory: the durable pin is the record's
+    ``x-provider-pin``, which the chain honours even when this is empty (a restart)."""
 
     capacity: int = 100_000
     by_delivery: OrderedDict[str, str] = field(default_factory=OrderedDict)
@@ -169,6 +198,7 @@ class ProviderChain:
         self.uncertain = uncertain
         self.clock = clock
         self.pins = _Pins(pins_capacity)
+        self._by_name = {provider.name: provider for provider in self.providers}
         self._lock = threading.Lock()
         for provider in self.providers:
             PROVIDER_SENT.labels(channel, provider.name)
@@ -189,11 +219,17 @@ class ProviderChain:
             return self._active().name
 
     def __call__(self, request: Mapping[str, Any]) -> Sent:
-        delivery_id = str(request["delivery_id"])
-        with self._lock:
-            pinned = self.pins.get(delivery_id)
+        pinned = request.get(PIN_KEY)
         if pinned is not None:
-            only = next(p for p in self.providers if p.name == pinned)
+            request = {key: value for key, value in request.items() if key != PIN_KEY}
+        delivery_id = str(request["delivery_id"])
+        if pinned is None:
+            with self._lock:
+                pinned = self.pins.get(delivery_id)
+        if pinned is not None:
+            only = self._by_name.get(str(pinned))
+            if only is None:
+                raise self._unknown_pin(str(pinned))
             return self._send(only, request, delivery_id, taken=False)
         errors: list[tuple[str, RetryableError]] = []
         tried: set[str] = set()
@@ -216,6 +252,17 @@ class ProviderChain:
         error = RetryableError(f"every provider failed: {summary}", error_class=last.error_class)
         error.provider = last_name
         raise error from last
+
+    def _unknown_pin(self, pinned: str) -> RetryableError:
+        error = RetryableError(
+            f"pinned to provider {pinned!r}, where an earlier attempt's outcome is unknown, "
+            f"and this sender has no such provider ({', '.join(self.names)}): not sent, since "
+            "another provider could deliver it a second time. Restore that provider's "
+            "configuration, then replay it",
+            error_class=PIN_UNKNOWN,
+        )
+        error.uncertain_outcome = True
+        return error
 
     # -- one provider ----------------------------------------------------------------------
     def _send(
