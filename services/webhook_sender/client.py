@@ -132,6 +132,16 @@ class EndpointHttp:
                 raise EndpointRetryableError(
                     f"{host} timed out: {exc!r}", error_class=f"{self.kind}.timeout"
                 ) from exc
+            except ssl.SSLCertVerificationError as exc:
+                # Nothing was sent (the handshake failed). Retryable: the endpoint's owner
+                # may renew an expired certificate, the operator add a private CA
+                # (SSL_CERT_FILE) and restart; a class of its own so it can be alerted on and
+                # replayed apart from endpoints that are down.
+                self._drop(key, connection)
+                raise EndpointRetryableError(
+                    f"the certificate of {host} was refused: {exc.verify_message}",
+                    error_class=f"{self.kind}.tls",
+                ) from exc
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(key, connection)
                 if reused and isinstance(
