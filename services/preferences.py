@@ -25,9 +25,10 @@ from herald.db.models import EventType, NotificationPreference, UserAccount, Use
 from herald.db.upsert import upsert
 from herald.serde import encode
 from herald.streaming import Outgoing
+from herald.userrecords import enabled_endpoints, record_lock, user_outgoing
 from herald.webapi import Problem
 from schemas import Catalogue
-from services.ingest.admin import publish_or_503, record_lock
+from services.ingest.admin import publish_or_503
 from services.ingest.publisher import Publisher
 from services.ingest.validation import (
     Channel,
@@ -352,7 +353,7 @@ def write_preferences(
                     .one()
                 )
                 timezone = body.timezone
-                endpoints = _enabled_endpoints(session, user_id)
+                endpoints = enabled_endpoints(session, user_id)
             values = {
                 "user_id": user_id,
                 "inapp_enabled": body.inapp_enabled,
@@ -376,7 +377,7 @@ def write_preferences(
         outgoing = [preferences_outgoing(topics, record)]
         if user_row is not None:
             # The time zone lives on the user: the router reads it from the users topic.
-            outgoing.insert(0, _user_outgoing(topics, user_row, endpoints))
+            outgoing.insert(0, user_outgoing(topics, user_row, endpoints))
         publish_or_503(
             publisher,
             outgoing,
@@ -396,22 +397,6 @@ def read_preferences(session: Session, user_id: str) -> PreferencesOut:
     return preferences_out(
         record, stored=row is not None, timezone=timezone, event_types=event_types
     )
-
-
-# Imported in the functions: services.ingest.users imports this module (through the ingest
-# routes).
-def _enabled_endpoints(session: Session, user_id: str) -> dict[str, str]:
-    from services.ingest.users import enabled_endpoints
-
-    return enabled_endpoints(session, user_id)
-
-
-def _user_outgoing(
-    topics: Catalogue, row: Mapping[Any, Any], endpoints: Mapping[str, str]
-) -> Outgoing:
-    from services.ingest.users import user_outgoing
-
-    return user_outgoing(topics, row, endpoints)
 
 
 def _time(value: str | None) -> Any:

@@ -25,13 +25,13 @@ from sqlalchemy.orm import Session
 from herald.db.models import MAX_URL_LENGTH, ChannelEndpoint
 from herald.db.upsert import upsert
 from herald.netguard import BlockedEndpoint, check_endpoint_url
+from herald.userrecords import USER, enabled_endpoints, record_lock, user_outgoing
 from herald.webapi import Problem, problem_responses
 from herald.webhooks import SECRET_PREFIX, new_secret, secret_key
 from schemas import Catalogue
-from services.ingest.admin import publish_or_503, record_lock
+from services.ingest.admin import publish_or_503
 from services.ingest.deps import ADMIN_RESPONSES, DbSession, Publish, Topics, UserPath, authorize
 from services.ingest.publisher import Publisher
-from services.ingest.users import USER, enabled_endpoints, user_outgoing
 
 ENDPOINT = cast(Table, ChannelEndpoint.__table__)
 

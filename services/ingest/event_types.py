@@ -24,9 +24,10 @@ from herald.db.upsert import upsert
 from herald.serde import encode
 from herald.streaming import Outgoing
 from herald.templates import generate_templates
+from herald.userrecords import record_lock
 from herald.webapi import Problem, problem_responses
 from schemas import Catalogue
-from services.ingest.admin import publish_or_503, record_lock
+from services.ingest.admin import publish_or_503
 from services.ingest.deps import ADMIN_RESPONSES, DbSession, Publish, Topics, authorize
 from services.ingest.validation import (
     EVENT_TYPE_CODE,

@@ -21,8 +21,8 @@ from fastapi.responses import StreamingResponse
 
 from herald.streaming import Outgoing
 from herald.userdata import erase_rows, export_chunks
+from herald.userrecords import record_lock
 from herald.webapi import Problem, problem_responses
-from services.ingest.admin import record_lock
 from services.ingest.deps import ADMIN_RESPONSES, DbSession, Publish, Topics, UserPath, authorize
 from services.ingest.preferences import read_preferences
 from services.ingest.publisher import PublishError

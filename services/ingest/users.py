@@ -20,13 +20,17 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from herald.db.models import ChannelEndpoint, NotificationPreference, UserAccount
+from herald.db.models import NotificationPreference
 from herald.db.upsert import upsert
-from herald.serde import encode
-from herald.streaming import Outgoing
+from herald.userrecords import (
+    USER,
+    enabled_endpoints,
+    record_lock,
+    user_outgoing,
+    user_record,
+)
 from herald.webapi import Problem, problem_responses
-from schemas import Catalogue
-from services.ingest.admin import publish_or_503, record_lock
+from services.ingest.admin import publish_or_503
 from services.ingest.deps import ADMIN_RESPONSES, DbSession, Publish, Topics, UserPath, authorize
 from services.ingest.preferences import (
     preferences_outgoing,
@@ -42,10 +46,7 @@ from services.ingest.validation import (
     UserId,
 )
 
-SCHEMA = "herald.User"
-USER = cast(Table, UserAccount.__table__)
 PREFERENCE = cast(Table, NotificationPreference.__table__)
-ENDPOINT = cast(Table, ChannelEndpoint.__table__)
 
 router = APIRouter(
     prefix="/v1/users",
@@ -94,23 +95,6 @@ class UserOut(BaseModel):
     updated_at: datetime
 
 
-def user_record(
-    row: Mapping[Any, Any], endpoints: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """The ``herald.User`` record of a stored ``user_account`` row and the user's enabled
-    endpoints (:func:`enabled_endpoints`)."""
-    return {
-        "user_id": row["id"],
-        "email": row["email"],
-        "phone": row["phone"],
-        "locale": row["locale"],
-        "timezone": row["timezone"],
-        "display_name": row["display_name"],
-        "endpoints": dict(endpoints or {}),
-        "updated_at": row["updated_at"],
-    }
-
-
 def user_out(row: Mapping[Any, Any]) -> UserOut:
     """The API representation of a stored row."""
     return UserOut(
@@ -118,24 +102,6 @@ def user_out(row: Mapping[Any, Any]) -> UserOut:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
-
-
-def enabled_endpoints(session: Session, user_id: str) -> dict[str, str]:
-    """The user's enabled endpoints as the user record carries them: kind -> URL."""
-    rows = session.execute(
-        select(ENDPOINT.c.kind, ENDPOINT.c.url)
-        .where(ENDPOINT.c.user_id == user_id, ENDPOINT.c.enabled)
-        .order_by(ENDPOINT.c.kind)
-    )
-    return {kind: url for kind, url in rows}
-
-
-def user_outgoing(
-    topics: Catalogue, row: Mapping[Any, Any], endpoints: Mapping[str, str]
-) -> Outgoing:
-    """The user's record for the compacted ``herald.users.v1``, keyed by user id. Read
-    ``endpoints`` in the transaction that wrote ``row``, under the user's record lock."""
-    return Outgoing(topics.users.name, row["id"], encode(SCHEMA, user_record(row, endpoints)))
 
 
 def _stored(session: Session, user_id: str) -> Any:

@@ -11,12 +11,14 @@ Outcomes (:func:`answer_error`):
 no endpoint / disabled      ``skipped`` (``endpoint.missing`` / ``endpoint.disabled``)
 blocked URL or address      ``failed`` to the DLQ (``endpoint.blocked``), nothing sent
 2xx                         ``sent``
-410 Gone                    the endpoint is disabled; ``failed`` (``<kind>.gone``)
+410 Gone                    the endpoint is disabled and the user's record published
+                            again without it (the router stops routing to it);
+                            ``failed`` (``<kind>.gone``)
 429                         Retry-After <= max wait: waited out and sent again once;
                             else the next retry tier (``<kind>.rate_limited``)
 408, 5xx, timeout, no       the next retry tier, then the DLQ (``dead``); these count
-connection, DNS failure     neither toward the breaker nor the window (one user's
-                            broken endpoint must not slow everyone else's deliveries)
+connection, DNS failure,    neither toward the breaker nor the window (one user's
+refused TLS certificate     broken endpoint must not slow everyone else's deliveries)
 3xx, other 4xx              ``failed`` to the DLQ (``<kind>.redirect`` / ``<kind>.4xx``)
 ==========================  =============================================================
 """
@@ -43,9 +45,11 @@ from herald.metrics import serve_metrics
 from herald.sender import Sent, serve_channel
 from herald.settings import get_settings
 from herald.webhooks import signed_headers
+from schemas import CATALOGUE
 from services.webhook_sender.client import Answer, EndpointHttp
 from services.webhook_sender.endpoints import Endpoint, EndpointStore
 from services.webhook_sender.formats import FORMATTERS
+from services.webhook_sender.republish import UserRepublisher
 from services.webhook_sender.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -116,8 +120,12 @@ class EndpointSender:
         retry_after_max_wait: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        on_disabled: Callable[[str], object] | None = None,
     ) -> None:
         self.kind = kind
+        #: Called with the user id after a 410 disabled the user's endpoint (the webhook
+        #: sender publishes the user again: services.webhook_sender.republish).
+        self.on_disabled = on_disabled
         self.format = FORMATTERS[kind]
         self.endpoints = endpoints
         self.http = http
@@ -167,6 +175,8 @@ class EndpointSender:
                     "endpoint answered 410 Gone; disabled",
                     extra={"user_id": user_id, "kind": self.kind, "delivery_id": delivery_id},
                 )
+                if self.on_disabled is not None:
+                    self.on_disabled(user_id)
         if error is not None:
             raise error
         return delivery_id
@@ -195,15 +205,20 @@ def main(kind: str) -> int:
     # Endpoint reads: one per batch on the loop's thread, a few from send threads (cache
     # misses, 410s).
     engine = make_engine(settings.database, pool_size=2, max_overflow=4)
+    republish = UserRepublisher(
+        engine, settings.kafka, CATALOGUE.with_prefix(settings.kafka.topic_prefix)
+    )
     send = EndpointSender(
         kind,
         EndpointStore(engine, kind, ttl=own.endpoint_cache_seconds),
         http,
         retry_after_max_wait=own.retry_after_max_wait_seconds,
+        on_disabled=republish,
     )
 
     def close() -> None:
         http.close()
+        republish.close()
         engine.dispose()
 
     return serve_channel(

@@ -20,6 +20,7 @@ import httpx
 import psycopg
 import pytest
 
+from herald.serde import decode
 from herald.settings import DatabaseSettings, KafkaSettings, Settings
 from herald.streaming import H_ERROR_CLASS
 from herald.webhooks import new_secret
@@ -32,7 +33,7 @@ from tests.integration.delivery_util import (
     wait_for,
     wait_for_statuses,
 )
-from tests.integration.kafka_util import committed_to_end, poll_safely
+from tests.integration.kafka_util import committed_to_end, poll_safely, read_all
 from tests.integration.pipeline import free_port
 from tests.integration.services import ServiceProcess, service_env
 
@@ -227,7 +228,7 @@ def test_signed_webhooks_verify_independently_and_a_late_replay_is_rejected(
         assert post(captured["body"], headers) == 401
 
 
-def test_410_disables_the_endpoint_and_later_deliveries_are_skipped(
+def test_410_disables_the_endpoint_republishes_the_user_and_later_deliveries_are_skipped(
     kafka_settings: KafkaSettings,
     topics: Catalogue,
     db_settings: DatabaseSettings,
@@ -236,6 +237,8 @@ def test_410_disables_the_endpoint_and_later_deliveries_are_skipped(
 ) -> None:
     path, owner, nobody = sink.path(), user(), user()
     add_endpoint(db_settings, owner, "webhook", sink.url(path), new_secret())
+    slack_url = sink.url(sink.path())
+    add_endpoint(db_settings, owner, "slack", slack_url, None)
     sink.respond(path, 410, 1)
     gone = delivery_request("webhook", sink.url(path), user_id=owner)
     no_endpoint = delivery_request("webhook", "https://example.test/x", user_id=nobody)
@@ -251,6 +254,18 @@ def test_410_disables_the_endpoint_and_later_deliveries_are_skipped(
     assert grouped[no_endpoint["delivery_id"]][-1]["error_class"] == "endpoint.missing"
     enabled, reason, disabled_at = endpoint_row(db_settings, owner, "webhook")
     assert enabled is False and "410" in reason and disabled_at is not None
+    # The user's record went out again without the disabled endpoint, so the router stops
+    # routing webhook deliveries to it (its other endpoints stay).
+    published = wait_for(
+        lambda: [
+            record
+            for message in read_all(kafka_settings, topics.users.name)
+            if (record := decode(message.value() or b""))["user_id"] == owner
+        ],
+        30,
+        "the user's record republished",
+    )
+    assert [record["endpoints"] for record in published] == [{"slack": slack_url}]
 
     later = delivery_request("webhook", sink.url(path), user_id=owner)
     publish(kafka_settings, topics.deliveries_webhook.name, [later])
