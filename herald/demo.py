@@ -33,11 +33,10 @@ from herald.identity import derived_event_id, notification_id
 from herald.producer import AckedProducer
 from herald.serde import encode
 from herald.settings import Settings
+from herald.status import FINAL_STATUSES
 from herald.streaming import Outgoing, producer_config
 from schemas import CATALOGUE, Catalogue
 
-#: Delivery states that will not change any more.
-FINAL = ("sent", "delivered", "skipped", "failed", "dead")
 _LABELS = {
     "inapp": "in-app",
     "email": "email",
@@ -220,7 +219,7 @@ class System:
 
         def final() -> dict[tuple[str, str], str] | None:
             states = self.deliveries(event_id, users)
-            done = sum(status in FINAL for status in states.values())
+            done = sum(status in FINAL_STATUSES for status in states.values())
             return states if done >= len(users) * channels else None
 
         return self.poll(final) or self.deliveries(event_id, users)

@@ -40,11 +40,9 @@ from sqlalchemy import Engine, text
 
 from herald.db import make_engine
 from herald.settings import DatabaseSettings, cron_expression
+from herald.status import FINAL_STATUSES
 
 log = logging.getLogger(__name__)
-
-#: Delivery states after which nothing more happens to a delivery.
-FINAL_STATUSES: Final = ("sent", "delivered", "skipped", "failed", "dead")
 
 
 class RetentionSettings(BaseSettings):

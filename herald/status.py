@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from herald.errors import ProcessingError
 from herald.serde import encode
@@ -12,6 +12,8 @@ from herald.streaming import Outgoing
 from schemas import Catalogue
 
 STATUS_SCHEMA = "herald.DeliveryStatus"
+#: Delivery states after which nothing more happens to a delivery.
+FINAL_STATUSES: Final = ("sent", "delivered", "skipped", "failed", "dead")
 
 
 def status_event(

@@ -287,12 +287,6 @@ def digest_type(event_type: Mapping[str, Any]) -> dict[str, Any]:
 # --- absorbing (stage 2) --------------------------------------------------------------------
 
 
-def _committed(runtime: Runtime, tp: Any) -> int | None:
-    # Faust keeps the committed offsets (see Runtime._fed_up_to); no public accessor.
-    committed: dict[Any, int | None] = getattr(runtime.app.consumer, "_committed_offset", {})
-    return committed.get(tp)
-
-
 def _changelog(runtime: Runtime, key: bytes, raw: bytes | None) -> Outgoing:
     table = runtime.router.digest_windows
     return Outgoing(table.changelog_topic.get_topic_name(), key, raw)
@@ -310,7 +304,7 @@ def absorb(
     table = runtime.router.digest_windows
     key = recipient["user_id"].encode()
     state = load(table.data.get(key))
-    prune(state, _committed(runtime, message.tp))
+    prune(state, runtime.committed_offset(message.tp))
     digest = event_type["digest"]
     at_ms = int((message.timestamp or time.time()) * 1000)
     outcome = add_event(
@@ -400,7 +394,7 @@ class Emitter:
         """A state with no open window whose emitted ids expired: forget what is no longer
         needed (and the whole state once nothing is left)."""
         state["r"] = [recent for recent in state["r"] if recent["until"] > now_ms]
-        prune(state, _committed(self.runtime, tp))
+        prune(state, self.runtime.committed_offset(tp))
         raw = dump(state)
         if raw != self.runtime.router.digest_windows.data.get(key):
             _set(self.runtime.router.digest_windows, key, raw)
@@ -443,7 +437,7 @@ class Emitter:
             return False  # the new owner emits it again (same ids) and removes it
         state = load(router.digest_windows.data.get(key))
         remove(state, window, int(time.time() * 1000))
-        prune(state, _committed(runtime, tp))
+        prune(state, runtime.committed_offset(tp))
         raw = dump(state)
         _set(router.digest_windows, key, raw)
         write_changelog(runtime, _changelog(runtime, key, raw))

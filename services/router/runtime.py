@@ -116,16 +116,20 @@ class Runtime:
                 return True
         return False
 
+    def committed_offset(self, tp: TP) -> int | None:
+        """The group's committed offset of ``tp`` as this worker's consumer knows it."""
+        # Faust keeps the committed offsets it seeks to after each rebalance, and updates them
+        # on commit; it has no public accessor for them.
+        committed: dict[TP, int | None] = getattr(self.app.consumer, "_committed_offset", {})
+        return committed.get(tp)
+
     def _fed_up_to(self, tp: TP) -> int | None:
         """The offset up to which this worker's table holds ``tp``'s records: past the last
         one stored, or the group's committed offset (where this worker took the partition
         over), whichever is further; None when neither is known yet."""
-        # Faust keeps the committed offsets it seeks to after each rebalance, and updates them
-        # on commit; it has no public accessor for them.
-        committed: dict[TP, int | None] = getattr(self.app.consumer, "_committed_offset", {})
         stored = self.stored.get(tp)
         after_stored = None if stored is None else stored + 1
-        known = [offset for offset in (committed.get(tp), after_stored) if offset is not None]
+        known = [o for o in (self.committed_offset(tp), after_stored) if o is not None]
         return max(known) if known else None
 
     def holds_tables(self, tp: TP) -> bool:

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from herald.channels import CHANNELS
 from herald.identity import delivery_id, notification_id
-from herald.retention import FINAL_STATUSES, RULES, RetentionSettings
+from herald.retention import RULES, RetentionSettings
+from herald.status import FINAL_STATUSES
 from herald.userdata import delivery_ids, to_json
 from services.router import tables
 
