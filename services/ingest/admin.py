@@ -21,10 +21,14 @@ def publish_or_503(
     try:
         publisher.publish(records)
     except PublishError as exc:
-        raise Problem(
-            503,
-            "Kafka unavailable",
-            f"{saved} in PostgreSQL but could not be published to Kafka ({exc}); {retry}",
-            kind="kafka-unavailable",
-            headers={"Retry-After": "5"},
+        raise kafka_unavailable(
+            f"{saved} in PostgreSQL but could not be published to Kafka ({exc}); {retry}"
         ) from exc
+
+
+def kafka_unavailable(detail: str) -> Problem:
+    """The ``503`` of a write whose Kafka publish failed; ``detail`` says what was kept and
+    what to repeat."""
+    return Problem(
+        503, "Kafka unavailable", detail, kind="kafka-unavailable", headers={"Retry-After": "5"}
+    )

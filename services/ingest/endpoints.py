@@ -25,13 +25,14 @@ from sqlalchemy.orm import Session
 from herald.db.models import MAX_URL_LENGTH, ChannelEndpoint
 from herald.db.upsert import upsert
 from herald.netguard import BlockedEndpoint, check_endpoint_url
-from herald.userrecords import USER, enabled_endpoints, record_lock, user_outgoing
+from herald.userrecords import enabled_endpoints, record_lock, user_outgoing
 from herald.webapi import Problem, problem_responses
 from herald.webhooks import SECRET_PREFIX, new_secret, secret_key
 from schemas import Catalogue
 from services.ingest.admin import publish_or_503
 from services.ingest.deps import ADMIN_RESPONSES, DbSession, Publish, Topics, UserPath, authorize
 from services.ingest.publisher import Publisher
+from services.ingest.users import require_user
 
 ENDPOINT = cast(Table, ChannelEndpoint.__table__)
 
@@ -130,18 +131,6 @@ def _endpoint_out(row: Any) -> EndpointOut:
     )
 
 
-def _require_user(session: Session, user_id: str) -> Any:
-    row = session.execute(select(USER).where(USER.c.id == user_id)).mappings().first()
-    if row is None:
-        raise Problem(
-            404,
-            "User not found",
-            f"no user {user_id!r}; create it with PUT /v1/users/{user_id} first",
-            kind="user-not-found",
-        )
-    return row
-
-
 def _stored(session: Session, user_id: str, kind: str) -> Any:
     query = select(ENDPOINT).where(ENDPOINT.c.user_id == user_id, ENDPOINT.c.kind == kind)
     return session.execute(query).mappings().first()
@@ -211,7 +200,7 @@ def put_endpoint(
         ) from None
     with record_lock(session, "user", user_id):
         with session.begin():
-            user = _require_user(session, user_id)
+            user = require_user(session, user_id)
             stored = _stored(session, user_id, kind)
             secret = _secret_to_set(kind, body, stored)
             values: dict[str, Any] = {
@@ -243,7 +232,7 @@ def put_endpoint(
 def list_endpoints(user_id: UserPath, session: DbSession) -> list[EndpointOut]:
     """The user's endpoints, enabled or not, without their secrets."""
     with session.begin():
-        _require_user(session, user_id)
+        require_user(session, user_id)
         rows = session.execute(
             select(ENDPOINT).where(ENDPOINT.c.user_id == user_id).order_by(ENDPOINT.c.kind)
         ).mappings()
@@ -264,7 +253,7 @@ def delete_endpoint(
     skipped by the sender."""
     with record_lock(session, "user", user_id):
         with session.begin():
-            user = _require_user(session, user_id)
+            user = require_user(session, user_id)
             session.execute(
                 delete(ENDPOINT).where(ENDPOINT.c.user_id == user_id, ENDPOINT.c.kind == kind)
             )

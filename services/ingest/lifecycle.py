@@ -22,7 +22,8 @@ from fastapi.responses import StreamingResponse
 from herald.streaming import Outgoing
 from herald.userdata import erase_rows, export_chunks
 from herald.userrecords import record_lock
-from herald.webapi import Problem, problem_responses
+from herald.webapi import problem_responses
+from services.ingest.admin import kafka_unavailable
 from services.ingest.deps import ADMIN_RESPONSES, DbSession, Publish, Topics, UserPath, authorize
 from services.ingest.preferences import read_preferences
 from services.ingest.publisher import PublishError
@@ -66,13 +67,9 @@ def delete_user(
         try:
             publisher.publish(tombstones)
         except PublishError as exc:
-            raise Problem(
-                503,
-                "Kafka unavailable",
+            raise kafka_unavailable(
                 f"user {user_id!r} was not erased: Kafka did not acknowledge the "
-                f"tombstones ({exc}); nothing was deleted, repeat this DELETE",
-                kind="kafka-unavailable",
-                headers={"Retry-After": "5"},
+                f"tombstones ({exc}); nothing was deleted, repeat this DELETE"
             ) from exc
     log.info("user erased", extra={"user_id": user_id, "rows": counts})
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -179,6 +179,11 @@ def put_user(
 )
 def get_user(user_id: UserPath, session: DbSession) -> UserOut:
     """One user's contact data."""
+    return user_out(require_user(session, user_id))
+
+
+def require_user(session: Session, user_id: str) -> Any:
+    """The stored ``user_account`` row; ``404`` (``user-not-found``) if there is none."""
     row = _stored(session, user_id)
     if row is None:
         raise Problem(
@@ -187,4 +192,4 @@ def get_user(user_id: UserPath, session: DbSession) -> UserOut:
             f"no user {user_id!r}; create it with PUT /v1/users/{user_id}",
             kind="user-not-found",
         )
-    return user_out(row)
+    return row
