@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -37,6 +38,7 @@ from typing import Any, cast
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode import ServiceT
 
 from herald.settings import KafkaSettings, Settings, get_settings
 from schemas import CATALOGUE, Catalogue, TopicDeclaration, TopicSpec
@@ -109,6 +111,16 @@ class RouterApp(faust.App):
 
     def _new_transport(self) -> Any:
         return LedgerTransport(self.conf.broker_consumer, self)
+
+    def on_init_dependencies(self) -> Iterable[ServiceT]:
+        """Faust's, less its Monitor sensor unless the web server (whose views read it) is on:
+        the monitor keeps per-event stats (every event in and out, every table read) that
+        the router's own Prometheus metrics make redundant, at about 2.5 % of its CPU at
+        peak (issue 10). The consumer still updates the monitor object directly."""
+        dependencies = super().on_init_dependencies()
+        if not self.conf.web_enabled:
+            self.sensors.remove(self.monitor)
+        return dependencies
 
 
 @dataclass
