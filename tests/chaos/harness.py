@@ -1,14 +1,16 @@
 """The chaos suite (``make chaos``; a short run is tests/chaos/test_chaos_short.py).
 
-On a private stack (tests/chaos/privatestack.py: its own Kafka, PostgreSQL, SMTP sink and SMS
-stand-in on free ports), runs router, inapp_store, email_sender and sms_sender as real
-processes, publishes events through a plain confluent-kafka producer and, driven by publishing
-progress, injects faults:
+On a private stack (tests/chaos/privatestack.py: its own Kafka, PostgreSQL, SMTP sink, two SMS
+stand-ins and a webhook sink on free ports), runs router, inapp_store, email_sender,
+sms_sender (with ``SMS_API_FALLBACK_URLS`` = the second stand-in, sms-b) and webhook_sender
+as real processes, gives one user in three a webhook endpoint on the sink, publishes events
+through a plain confluent-kafka producer and, driven by publishing progress, injects faults:
 
 - SIGKILL of each service in turn, restarted 2 s later (every ``--kill-interval`` seconds);
   with ``--copies 2``, two of each service run and one copy at a time is killed;
 - a broker SIGKILL and restart; a PostgreSQL SIGKILL (with its backends) and restart;
-- an SMS provider outage for one user in ten (then ``herald dlq replay`` of what was parked);
+- an SMS outage: the primary provider answers 503 to every number, so SMS fail over to sms-b,
+  which itself answers 503 to one user in ten (both fail: parked, then ``herald dlq replay``);
 - poison records with garbled headers; an oversize event; an event to many recipients.
 
 Then it waits (with deadlines) until every expected delivery is resolved and no group lags,
@@ -41,11 +43,11 @@ from herald.topics import create_topics
 from schemas import CATALOGUE, Catalogue
 from tests.chaos import workload as wl
 from tests.chaos.privatestack import PrivateStack
-from tests.chaos.verdict import Verdict, judge, lag, read_sinks
+from tests.chaos.verdict import Verdict, judge, lag, read_sinks, sms_providers
 from tests.integration.services import TEST_RETRY_DELAYS_MS
 
 SERVICES = ("services.router", "services.inapp_store", "services.email_sender",
-            "services.sms_sender")  # fmt: skip
+            "services.sms_sender", "services.webhook_sender")  # fmt: skip
 FAULTS = ("kills", "broker", "postgres", "sms-outage", "poison", "oversize", "bulk")
 
 
@@ -65,6 +67,9 @@ class Plan:
     kill_only: tuple[str, ...] = ()
     bulk_recipients: int = 10_000
     outage_seconds: float = 10.0
+    #: the webhook sink answers after this long, so a killed webhook sender has sends in
+    #: flight (whose outcome it never learns) and the resend after its restart is exercised
+    webhook_latency_ms: float = 250.0
     #: progress at which each one-off fault fires
     at: dict[str, float] = field(default_factory=lambda: {
         "poison": 0.10, "sms-outage": 0.20, "broker": 0.35, "oversize": 0.45,
@@ -102,6 +107,8 @@ class Fleet:
         self.killed: set[str] = set()
         self.unplanned: list[str] = []
         self.kills = 0
+        #: (service name, wall time) of every SIGKILL and unplanned exit seen
+        self.events: list[tuple[str, float]] = []
         self.rotation = [n for n in self.modules if not kill_only or n.startswith(kill_only)]
 
     def start(self, name: str) -> None:
@@ -118,6 +125,7 @@ class Fleet:
             return False
         proc.proc.send_signal(signal.SIGKILL)
         proc.proc.wait(10)
+        self.events.append((name, time.time()))
         self.killed.add(name)
         self.kills += 1
         return True
@@ -130,6 +138,7 @@ class Fleet:
                 tail = [line for line in proc.output().splitlines() if line.strip()][-3:]
                 account = f"{name} exit {proc.proc.returncode}: {' | '.join(tail)}"
                 self.unplanned.append(account[:600])
+                self.events.append((name, time.time()))
                 self.killed.add(name)  # it is down; a restart (if supervising) brings it back
                 out.append(name)
         return out
@@ -153,12 +162,16 @@ def service_env(stack: PrivateStack) -> dict[str, str]:
         "DATABASE_SCHEMA": "public",
         "SMTP_URL": s.smtp.smtp_url,
         "SMS_API_URL": s.sms.sms_api_url,
+        "SMS_API_FALLBACK_URLS": sms_providers(s)["sms-b"],
+        # The users' webhook endpoints are on the loopback webhook sink.
+        "HERALD_ENDPOINTS_ALLOW_PRIVATE": "1",
         "HERALD_RETRY_DELAYS_MS": TEST_RETRY_DELAYS_MS,
         "HERALD_LOCAL_DIR": str(stack.state_dir),
         "ROUTER_METRICS_PORT": "0",
         "INAPP_STORE_METRICS_PORT": "0",
         "EMAIL_SENDER_METRICS_PORT": "0",
         "SMS_SENDER_METRICS_PORT": "0",
+        "WEBHOOK_SENDER_METRICS_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
 
@@ -188,6 +201,8 @@ class Run:
         self.catalogue: Catalogue = CATALOGUE
         self.began = time.monotonic()
         self.timeline: list[str] = []
+        #: (what, wall time) of the broker and PostgreSQL crashes (service kills: Fleet.events)
+        self.crashes: list[tuple[str, float]] = []
 
     def note(self, line: str) -> None:
         entry = f"[{time.monotonic() - self.began:7.1f}s] {line}"
@@ -210,10 +225,16 @@ class Run:
             create_topics(settings.kafka)
             migrate.upgrade(settings.database)
             bulk = plan.bulk_recipients if "bulk" in plan.faults else 0
-            workload = wl.Workload(users=plan.users, bulk_recipients=bulk)
+            workload = wl.Workload(users=plan.users, bulk_recipients=bulk,
+                                   webhook_sink=settings.webhook_sink.webhook_sink_url)  # fmt: skip
+            workload.seed_endpoints(settings.database.libpq_url)
             workload.seed_topics(settings.kafka, self.catalogue)
             self.note(f"stack up ({self.stack.state_dir}); {plan.users} users"
-                      f" (+{bulk} bulk) and event types seeded")  # fmt: skip
+                      f" ({len(workload.hooks)} with a webhook endpoint, +{bulk} bulk)"
+                      " and event types seeded")  # fmt: skip
+            hooks = settings.webhook_sink.webhook_sink_url
+            latency = {"ms": plan.webhook_latency_ms}
+            httpx.post(f"{hooks}/control/latency", json=latency, timeout=10).raise_for_status()
             fleet = Fleet(service_env(self.stack), self.stack.state_dir / "services",
                           plan.copies, self.note, plan.kill_only)  # fmt: skip
             fleet.start_all()
@@ -255,7 +276,8 @@ class Run:
         def arrived() -> bool:
             sinks = read_sinks(self.stack.settings, self.catalogue, self.smtp_api)
             expected = {k: v for k, v in workload.expected.items() if k[0] == event_id}
-            by = {"inapp": sinks.inapp, "email": sinks.emails, "sms": sinks.sms}
+            by = {"inapp": sinks.inapp, "email": sinks.emails, "sms": sinks.sms,
+                  "webhook": sinks.webhook_counts}  # fmt: skip
             return all(by[channel][sink_id] for (_, _, channel), sink_id in expected.items())
 
         wait_for(arrived, self.plan.start_timeout, f"the probe to reach {user.user_id}", 1.0)
@@ -326,23 +348,30 @@ class Run:
         at = f"(at {publisher.progress():.0%})"
         if fault == "broker":
             self.note(f"SIGKILL broker {at}")
+            self.crashes.append(("broker", time.time()))
             down = self.stack.crash(self.stack.kafka)
             self.note(f"broker back after {down:.1f}s")
         elif fault == "postgres":
             self.note(f"SIGKILL PostgreSQL and its backends {at}")
+            self.crashes.append(("postgres", time.time()))
             down = self.stack.crash(self.stack.postgres)
             self.note(f"PostgreSQL back after {down:.1f}s")
         elif fault == "sms-outage":
-            base = self.stack.settings.sms.sms_api_url
-            fault_body = {"status": 503, "count": None, "to_prefix": wl.OUTAGE_PREFIX}
-            httpx.post(f"{base}/control/fail", json=fault_body, timeout=10).raise_for_status()
-            self.note(f"SMS provider answers 503 to {wl.OUTAGE_PREFIX}* for"
-                      f" {self.plan.outage_seconds:.0f}s {at}")  # fmt: skip
+            # The primary fails for everyone: SMS fail over to sms-b. sms-b fails for the
+            # outage's numbers only: those fail on both, are parked and replayed later.
+            providers = sms_providers(self.stack.settings)
+            primary = {"status": 503, "count": None}
+            scoped = {"status": 503, "count": None, "to_prefix": wl.OUTAGE_PREFIX}
+            for base, body in ((providers["sms-a"], primary), (providers["sms-b"], scoped)):
+                httpx.post(f"{base}/control/fail", json=body, timeout=10).raise_for_status()
+            seconds = self.plan.outage_seconds
+            self.note(f"SMS provider sms-a answers 503 to every number, sms-b to"
+                      f" {wl.OUTAGE_PREFIX}*, for {seconds:.0f}s {at}")  # fmt: skip
 
             def recover() -> None:
-                params = {"to_prefix": wl.OUTAGE_PREFIX}
-                httpx.delete(f"{base}/control/fail", params=params, timeout=10).raise_for_status()
-                self.note("SMS provider recovered")
+                for base in providers.values():
+                    httpx.delete(f"{base}/control/fail", timeout=10).raise_for_status()
+                self.note("SMS providers recovered")
 
             timers.append((time.monotonic() + self.plan.outage_seconds, "sms", recover))
         elif fault == "poison":
@@ -373,7 +402,8 @@ class Run:
 
     def operator_replays(self, fleet: Fleet, workload: wl.Workload) -> None:
         """What an operator does once the senders are idle: replay the SMS the outage parked,
-        and the emails parked as outcome unknown that never arrived."""
+        and the emails and SMS parked as outcome unknown that never arrived (SMS: at neither
+        provider; with a failover provider a dead sender's unconfirmed SMS is parked)."""
         settings = self.stack.settings
         senders = [g for g in lag(settings, self.catalogue) if g.endswith("_sender")]
 
@@ -394,12 +424,13 @@ class Run:
             if letter.error_class == "sender.outcome_unknown"
             and letter.delivery_id
             and not sinks.emails[letter.delivery_id]
+            and not sinks.sms[letter.delivery_id]
         ]
         if unknown:
             args = [arg for d in unknown for arg in ("--delivery-id", str(d))]
             self.herald_dlq("replay", *args)
         else:
-            self.note("no email parked as outcome unknown is missing at the sink")
+            self.note("no email or SMS parked as outcome unknown is missing at the sinks")
 
     def settle(self, fleet: Fleet, workload: wl.Workload) -> Verdict:
         """Wait until every expected delivery is resolved and no group lags, or until nothing
@@ -417,7 +448,8 @@ class Run:
                 # Lag first: what the groups committed by then is in the sinks read after it.
                 lags = lag(settings, self.catalogue)
                 verdict = judge(workload, read_sinks(settings, self.catalogue, self.smtp_api),
-                                lags)  # fmt: skip
+                                lags, [*fleet.events, *self.crashes],
+                                "sms-outage" in self.plan.faults)  # fmt: skip
             except Exception as exc:
                 self.note(f"reading the sinks failed ({exc!r}); again")
                 time.sleep(2)
@@ -478,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bulk-recipients", type=int, default=10_000)
     parser.add_argument("--outage-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--webhook-latency-ms",
+        type=float,
+        default=250.0,
+        help="how long the webhook sink takes to answer (sends in flight when a sender dies)",
+    )
     parser.add_argument("--settle-timeout", type=float, default=600.0)
     parser.add_argument(
         "--no-supervise", action="store_true", help="do not restart a service that exits on its own"
@@ -498,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             restart_after=args.restart_after,
             kill_only=tuple(p for p in args.kill_only.split(",") if p),
             bulk_recipients=args.bulk_recipients, outage_seconds=args.outage_seconds,
+            webhook_latency_ms=args.webhook_latency_ms,
             settle_timeout=args.settle_timeout, supervise=not args.no_supervise,
         )  # fmt: skip
         try:

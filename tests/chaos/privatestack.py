@@ -1,5 +1,6 @@
-"""A private local stack for the chaos suite: its own Kafka (KRaft), PostgreSQL, SMTP sink and
-SMS stand-in on free loopback ports, in its own folder, started and stopped here.
+"""A private local stack for the chaos suite: its own Kafka (KRaft), PostgreSQL, SMTP sink, two
+SMS stand-ins (the primary ``sms-a`` and the failover ``sms-b``) and a webhook sink on free
+loopback ports, in its own folder, started and stopped here.
 
 The chaos run SIGKILLs the broker and the database, so it never touches the shared stack
 (19092/15432) that other tests use. The Kafka jars of the shared stack are reused.
@@ -17,7 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from herald import PROJECT_ROOT
-from herald.devstack.components import Component, Kafka, Postgres, Sms, Smtp, components
+from herald.devstack.components import (
+    Component,
+    Kafka,
+    Postgres,
+    Sms,
+    SmsB,
+    Smtp,
+    WebhookSink,
+    components,
+)
 from herald.devstack.process import StackError, free_port, read_pid
 from herald.settings import (
     DatabaseSettings,
@@ -26,6 +36,7 @@ from herald.settings import (
     Settings,
     SmsSettings,
     SmtpSettings,
+    WebhookSinkSettings,
     get_settings,
 )
 
@@ -60,7 +71,7 @@ def free_ports(count: int, *, pairs: int = 0) -> list[int]:
 
 def private_settings(state_dir: Path) -> Settings:
     """Settings of a stack on free ports with its state in ``state_dir``."""
-    smtp, kafka, controller, postgres, sms = free_ports(5, pairs=1)
+    smtp, kafka, controller, postgres, sms, sms_b, hooks = free_ports(7, pairs=1)
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{kafka}", topic_prefix=""),
         database=DatabaseSettings(
@@ -69,8 +80,12 @@ def private_settings(state_dir: Path) -> Settings:
         ),
         smtp=SmtpSettings(smtp_url=f"smtp://127.0.0.1:{smtp}"),
         sms=SmsSettings(sms_api_url=f"http://127.0.0.1:{sms}"),
+        webhook_sink=WebhookSinkSettings(webhook_sink_url=f"http://127.0.0.1:{hooks}"),
         local=LocalStackSettings(
-            local_dir=state_dir, kafka_controller_port=controller, kafka_heap="512m"
+            local_dir=state_dir,
+            kafka_controller_port=controller,
+            kafka_heap="512m",
+            sms_b_port=sms_b,
         ),
     )
 
@@ -122,7 +137,8 @@ def sigkill_tree(pid: int, timeout: float = 15.0) -> None:
 
 
 class PrivateStack:
-    """Kafka, PostgreSQL, SMTP sink and SMS stand-in of one chaos run, in ``CHAOS_DIR/label``."""
+    """Kafka, PostgreSQL, SMTP sink, SMS stand-ins and webhook sink of one chaos run, in
+    ``CHAOS_DIR/label``."""
 
     def __init__(self, label: str, say: Callable[[str], None] = print) -> None:
         self.state_dir = CHAOS_DIR / label
@@ -130,6 +146,9 @@ class PrivateStack:
         self.settings = private_settings(self.state_dir)
         shared_libs = get_settings().local.local_dir / "kafka" / "libs"
         self.parts = components(self.settings, private=True, kafka_libs=shared_libs)
+        # The parts components() leaves out of a private stack: the SMS failover provider and
+        # the sink of the users' webhook endpoints.
+        self.parts += [SmsB(self.settings, private=True), WebhookSink(self.settings, private=True)]
         # Production keeps acknowledged commits across a server crash; the dev stack's "off"
         # would make the PostgreSQL SIGKILL lose the last commits by configuration.
         self.postgres.synchronous_commit = "on"
@@ -158,8 +177,22 @@ class PrivateStack:
 
     @property
     def sms(self) -> Sms:
-        part = self.part(Sms)
+        """The primary SMS provider, ``sms-a`` (not the failover one)."""
+        part = next(p for p in self.parts if type(p) is Sms)
         assert isinstance(part, Sms)
+        return part
+
+    @property
+    def sms_b(self) -> SmsB:
+        """The failover SMS provider, ``sms-b`` (``SMS_API_FALLBACK_URLS``)."""
+        part = self.part(SmsB)
+        assert isinstance(part, SmsB)
+        return part
+
+    @property
+    def webhook_sink(self) -> WebhookSink:
+        part = self.part(WebhookSink)
+        assert isinstance(part, WebhookSink)
         return part
 
     def up(self) -> None:

@@ -1,10 +1,21 @@
 """The chaos run's verdict, counted at the sinks.
 
 For every expected (event, user, channel): delivered exactly once (emails by Message-ID in the
-SMTP sink's stored messages, SMS by idempotency key in the SMS provider's own message list,
-in-app by the notification row in PostgreSQL), or parked on a dead-letter topic with a reason.
+SMTP sink's stored messages, SMS by idempotency key in the message lists of BOTH SMS providers
+together - the primary sms-a and the failover sms-b, so a message on both is a duplicate -,
+in-app by the notification row in PostgreSQL, webhooks by ``webhook-id`` = delivery id among
+the requests the webhook sink answered 2xx), or parked on a dead-letter topic with a reason.
 Anything else is lost; more than once is duplicated. Plus DLQ counts by error class and each
 consumer group's lag.
+
+Webhooks are at-least-once by design (docs/CHANNELS.md: a webhook sender that died mid-send
+sends the delivery again, and receivers drop a ``webhook-id`` they already handled), so for
+them the verdict demands: none lost (each expected webhook received at least once, or parked);
+a webhook received more than once is allowed only when a fault that leaves a send's outcome
+unknown happened between its first and its last receipt - a SIGKILL (or unplanned exit) of a
+webhook_sender, or a PostgreSQL crash (the send journal) - and is counted as ``resent``
+(reported, not a failure); any other repeat is a duplicate and fails the run. Every other
+channel must be exactly once.
 """
 
 from __future__ import annotations
@@ -24,7 +35,13 @@ from services.sms_sender.client import messages_path
 from tests.chaos.workload import Triple, Workload
 from tests.integration.kafka_util import committed_and_end
 
-CHANNELS = ("inapp", "email", "sms")
+CHANNELS = ("inapp", "email", "sms", "webhook")
+#: Faults after which a webhook may be received again (its send's outcome was unknown): a
+#: webhook sender killed or exited, the send journal's database crashed. (kind, wall time)
+RESEND_FAULTS = ("webhook_sender", "postgres")
+#: A request the sink recorded this long after the fault may still be the first send's (the
+#: bytes were on the wire when the sender died).
+RESEND_SLACK_S = 1.0
 
 
 @dataclass
@@ -32,10 +49,21 @@ class Sinks:
     """What the sinks hold, read once."""
 
     emails: Counter[str]  # delivery id → messages stored
-    sms: Counter[str]  # delivery id (idempotency key) → messages the provider created
-    sms_dedup_hits: int  # requests the provider answered with an earlier message (same key)
+    sms: Counter[str]  # delivery id (idempotency key) → messages both providers created
+    sms_dedup_hits: int  # requests a provider answered with an earlier message (same key)
     inapp: Counter[str]  # notification id → inbox rows
     letters: list[DeadLetter]
+    #: delivery id (webhook-id) → the times (sink's wall clock) the sink received it and
+    #: answered 2xx, oldest first
+    webhooks: dict[str, list[float]] = field(default_factory=dict)
+    #: webhook requests the sink answered otherwise (none are injected)
+    webhook_refused: int = 0
+    #: provider name (sms-a, sms-b) → messages it created
+    sms_providers: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def webhook_counts(self) -> Counter[str]:
+        return Counter({d: len(times) for d, times in self.webhooks.items()})
 
 
 def consumer_groups(catalogue: Catalogue) -> dict[str, list[str]]:
@@ -50,6 +78,7 @@ def consumer_groups(catalogue: Catalogue) -> dict[str, list[str]]:
         ],
         f"{prefix}email_sender": SenderRoutes.for_channel(catalogue, "email").topics,
         f"{prefix}sms_sender": SenderRoutes.for_channel(catalogue, "sms").topics,
+        f"{prefix}webhook_sender": SenderRoutes.for_channel(catalogue, "webhook").topics,
     }
 
 
@@ -66,20 +95,48 @@ def _message_id_delivery(message_id: str) -> str:
     return message_id.strip().strip("<>").split("@", 1)[0]
 
 
+def sms_providers(settings: Settings) -> dict[str, str]:
+    """The SMS providers of the chaos stack by name: the primary and the failover stand-in."""
+    return {
+        "sms-a": settings.sms.sms_api_url,
+        "sms-b": f"http://127.0.0.1:{settings.local.sms_b_port}",
+    }
+
+
 def read_sinks(settings: Settings, catalogue: Catalogue, smtp_api: str) -> Sinks:
     emails = httpx.get(f"{smtp_api}/messages", timeout=120).raise_for_status().json()
     sid = settings.sms.sms_account_sid
-    base = settings.sms.sms_api_url
-    listed = httpx.get(base + messages_path(sid), timeout=60).raise_for_status().json()
-    log = httpx.get(f"{base}/control/log", timeout=60).raise_for_status().json()
+    sms: Counter[str] = Counter()
+    per_provider: dict[str, int] = {}
+    dedup_hits = 0
+    for name, base in sms_providers(settings).items():
+        listed = httpx.get(base + messages_path(sid), timeout=60).raise_for_status().json()
+        log = httpx.get(f"{base}/control/log", timeout=60).raise_for_status().json()
+        keys = [str(m.get("idempotency_key")) for m in listed["messages"]]
+        sms.update(keys)
+        per_provider[name] = len(keys)
+        dedup_hits += sum(1 for entry in log if entry.get("duplicate"))
+    hooks_url = settings.webhook_sink.webhook_sink_url
+    requests = httpx.get(f"{hooks_url}/requests", timeout=120).raise_for_status().json()
+    webhooks: dict[str, list[float]] = {}
+    refused = 0
+    for request in requests:
+        if not 200 <= int(request.get("status", 0)) < 300:
+            refused += 1
+            continue
+        headers = {k.lower(): v for k, v in (request.get("headers") or {}).items()}
+        webhooks.setdefault(str(headers.get("webhook-id")), []).append(float(request["at"]))
     with psycopg.connect(settings.database.libpq_url, connect_timeout=10) as conn:
         rows = conn.execute("SELECT id::text FROM notification").fetchall()
     return Sinks(
         emails=Counter(_message_id_delivery(m.get("message_id") or "") for m in emails),
-        sms=Counter(str(m.get("idempotency_key")) for m in listed["messages"]),
-        sms_dedup_hits=sum(1 for entry in log if entry.get("duplicate")),
+        sms=sms,
+        sms_dedup_hits=dedup_hits,
         inapp=Counter(row[0] for row in rows),
         letters=list(scan(settings.kafka, dlq_topics(catalogue), timeout=120)),
+        webhooks={d: sorted(times) for d, times in webhooks.items()},
+        webhook_refused=refused,
+        sms_providers=per_provider,
     )
 
 
@@ -90,6 +147,9 @@ class ChannelCount:
     parked: int = 0
     lost: int = 0
     duplicated: int = 0
+    #: received more than once, as the design allows (webhooks resent after a fault that left
+    #: the first send's outcome unknown); not a failure, reported
+    resent: int = 0
 
 
 @dataclass
@@ -104,6 +164,16 @@ class Verdict:
     lost_examples: list[str] = field(default_factory=list)
     duplicate_examples: list[str] = field(default_factory=list)
     unplanned_exits: list[str] = field(default_factory=list)
+    #: provider → SMS it created (sms-a the primary, sms-b the failover)
+    sms_providers: dict[str, int] = field(default_factory=dict)
+    #: the run made the primary SMS provider fail: sms-b must have taken over some SMS
+    sms_failover_expected: bool = False
+    webhook_refused: int = 0
+    resent_examples: list[str] = field(default_factory=list)
+
+    @property
+    def failover_missing(self) -> bool:
+        return self.sms_failover_expected and not self.sms_providers.get("sms-b")
 
     @property
     def lost(self) -> int:
@@ -129,6 +199,7 @@ class Verdict:
             and self.total_lag == 0
             and self.unparked_specials == 0
             and not self.unplanned_exits
+            and not self.failover_missing
         )
 
     def problems(self) -> list[str]:
@@ -143,6 +214,8 @@ class Verdict:
             out.append(f"{self.unparked_specials} poison records not parked")
         if self.unplanned_exits:
             out.append(f"{len(self.unplanned_exits)} services exited on their own")
+        if self.failover_missing:
+            out.append("the SMS outage sent nothing through the failover provider sms-b")
         return out
 
     def as_dict(self) -> dict[str, Any]:
@@ -159,14 +232,28 @@ class Verdict:
             "lost_examples": self.lost_examples,
             "duplicate_examples": self.duplicate_examples,
             "unplanned_exits": self.unplanned_exits,
+            "sms_providers": self.sms_providers,
+            "webhook_refused": self.webhook_refused,
+            "resent_examples": self.resent_examples,
         }
 
     def render(self) -> str:
         lines = [f"{'channel':<8}{'expected':>10}{'delivered':>11}{'parked':>8}{'lost':>7}"
-                 f"{'dup':>6}"]  # fmt: skip
+                 f"{'dup':>6}{'resent':>8}"]  # fmt: skip
         for name, c in self.channels.items():
             lines.append(f"{name:<8}{c.expected:>10}{c.delivered:>11}{c.parked:>8}{c.lost:>7}"
-                         f"{c.duplicated:>6}")  # fmt: skip
+                         f"{c.duplicated:>6}{c.resent:>8}")  # fmt: skip
+        lines.append(
+            "demanded: inapp, email, sms exactly once (sms counted over sms-a and sms-b"
+            " together); webhook at least once, a repeat allowed only after a webhook_sender"
+            " SIGKILL/exit or a PostgreSQL crash between its receipts (counted in 'resent',"
+            " receivers de-duplicate on webhook-id), any other repeat counted in 'dup'"
+        )
+        providers = ", ".join(f"{n} {c}" for n, c in self.sms_providers.items())
+        lines.append(f"SMS created per provider: {providers or 'none'}"
+                     + (" (failover expected)" if self.sms_failover_expected else ""))  # fmt: skip
+        if self.webhook_refused:
+            lines.append(f"webhook requests the sink refused: {self.webhook_refused}")
         lines.append("dead letters (records, distinct):" + ("" if self.dlq else " none"))
         for (topic, error_class), count in sorted(self.dlq.items()):
             distinct = self.dlq_distinct[(topic, error_class)]
@@ -181,6 +268,8 @@ class Verdict:
             lines.append(f"lost e.g. {example}")
         for example in self.duplicate_examples:
             lines.append(f"duplicated e.g. {example}")
+        for example in self.resent_examples:
+            lines.append(f"resent (allowed) e.g. {example}")
         verdict = "PASS" if self.passed else "FAIL: " + ", ".join(self.problems())
         lines.append(verdict)
         return "\n".join(lines)
@@ -206,12 +295,32 @@ def _parked(letters: list[DeadLetter]) -> tuple[set[str], set[tuple[str, str]], 
     return ids, pairs, events
 
 
-def judge(workload: Workload, sinks: Sinks, lags: dict[str, int]) -> Verdict:
+def _resend_explained(times: list[float], faults: list[tuple[str, float]]) -> str | None:
+    """The fault that explains a webhook received at ``times`` (sorted) more than once: one
+    of :data:`RESEND_FAULTS` after the first receipt and before the last; else None."""
+    first, last = times[0], times[-1]
+    for kind, at in faults:
+        if kind.startswith(RESEND_FAULTS) and first <= at + RESEND_SLACK_S and at <= last:
+            return kind
+    return None
+
+
+def judge(
+    workload: Workload,
+    sinks: Sinks,
+    lags: dict[str, int],
+    faults: list[tuple[str, float]] | None = None,
+    sms_failover_expected: bool = False,
+) -> Verdict:
+    """``faults``: (what, wall time) of each fault the run injected (a service name for a
+    SIGKILL or an unplanned exit, ``postgres``, ``broker``), to judge repeated webhooks."""
     counts = {channel: ChannelCount() for channel in CHANNELS}
     ids, pairs, events = _parked(sinks.letters)
     lost: list[str] = []
     duplicated: list[str] = []
-    by_channel = {"inapp": sinks.inapp, "email": sinks.emails, "sms": sinks.sms}
+    resent: list[str] = []
+    by_channel = {"inapp": sinks.inapp, "email": sinks.emails, "sms": sinks.sms,
+                  "webhook": sinks.webhook_counts}  # fmt: skip
     with workload.lock:
         expected: dict[Triple, str] = dict(workload.expected)
         kinds = dict(workload.events)
@@ -224,8 +333,15 @@ def judge(workload: Workload, sinks: Sinks, lags: dict[str, int]) -> Verdict:
             count.delivered += 1
         elif seen > 1:
             count.delivered += 1
-            count.duplicated += 1
-            duplicated.append(f"{where} x{seen}")
+            cause = None
+            if channel == "webhook":
+                cause = _resend_explained(sinks.webhooks[sink_id], faults or [])
+            if cause is not None:
+                count.resent += 1
+                resent.append(f"{where} x{seen} (around {cause})")
+            else:
+                count.duplicated += 1
+                duplicated.append(f"{where} x{seen}")
         elif sink_id in ids or (event_id, user) in pairs or event_id in events:
             count.parked += 1
         else:
@@ -248,4 +364,8 @@ def judge(workload: Workload, sinks: Sinks, lags: dict[str, int]) -> Verdict:
         specials=specials,
         lost_examples=lost[:5],
         duplicate_examples=duplicated[:5],
+        sms_providers=dict(sinks.sms_providers),
+        sms_failover_expected=sms_failover_expected,
+        webhook_refused=sinks.webhook_refused,
+        resent_examples=resent[:3],
     )

@@ -4,6 +4,12 @@ Users and event types go to their compacted topics (as ingest writes them). Even
 ``herald.events.v1`` through a plain confluent-kafka producer with the example producer's
 ``encode_event`` (the public contract, no Herald code). Every acknowledged event adds its
 expected (event, user, channel) triples; ids follow herald.identity (uuid5).
+
+One user in :data:`WEBHOOK_EVERY` has a webhook endpoint on the private webhook sink: a row in
+PostgreSQL ``channel_endpoint`` (what the webhook sender reads at send time, as the admin API
+``PUT /v1/users/{id}/endpoints/webhook`` stores it) and ``endpoints`` on the user's record in
+``herald.users.v1`` (what the router routes by, as the admin API republishes it). The others
+have none: the router skips the webhook channel for them, so no webhook is expected.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 
 from examples.publish_event import encode_event
@@ -23,12 +30,13 @@ from herald.identity import delivery_id, notification_id
 from herald.serde import encode
 from herald.settings import KafkaSettings
 from herald.streaming import H_ATTEMPT, H_NOT_BEFORE
+from herald.webhooks import new_secret
 from schemas import Catalogue
 
 #: Event types of the run: code → channels. Each template names ``n`` (the event's number)
 #: and ``excerpt`` (empty, except in the oversize event).
 EVENT_TYPES: dict[str, list[str]] = {
-    "chaos.all": ["inapp", "email", "sms"],
+    "chaos.all": ["inapp", "email", "sms", "webhook"],
     "chaos.mail": ["inapp", "email"],
     "chaos.text": ["sms"],
     "chaos.broadcast": ["inapp"],
@@ -39,6 +47,9 @@ MIX = (("chaos.all", 5), ("chaos.mail", 3), ("chaos.text", 2))
 #: so the outage is scoped and the senders' breaker does not trip for everyone).
 OUTAGE_PREFIX = "+1555200"
 NORMAL_PREFIX = "+1555100"
+#: Users 0, WEBHOOK_EVERY, 2*WEBHOOK_EVERY, ... have a webhook endpoint (user 0 gets the probe,
+#: user 1 the oversize event, which therefore sends no webhook).
+WEBHOOK_EVERY = 3
 #: An excerpt this long is HTML-escaped five-fold into the email body: over 1 MB.
 OVERSIZE_EXCERPT = 200_000
 
@@ -67,6 +78,8 @@ class User:
     user_id: str
     email: str
     phone: str
+    #: URL of the user's webhook endpoint on the webhook sink, or None (no endpoint)
+    webhook: str | None = None
 
 
 @dataclass
@@ -84,6 +97,8 @@ class Workload:
 
     users: int = 200
     bulk_recipients: int = 0
+    #: the webhook sink's base URL; empty: no user has a webhook endpoint
+    webhook_sink: str = ""
     seed: int = 7
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     people: list[User] = field(default_factory=list)
@@ -101,12 +116,32 @@ class Workload:
         for i in range(self.users):
             outage = i % 10 == 9  # one user in ten is in the SMS outage's number range
             prefix = OUTAGE_PREFIX if outage else NORMAL_PREFIX
+            user_id = f"c{i}-{self.run}"
+            hook = f"{self.webhook_sink}/hooks/{user_id}" if self.webhook_sink else None
             self.people.append(
-                User(f"c{i}-{self.run}", f"c{i}-{self.run}@chaos.test", f"{prefix}{i:04d}")
-            )
+                User(user_id, f"{user_id}@chaos.test", f"{prefix}{i:04d}",
+                     hook if i % WEBHOOK_EVERY == 0 else None)
+            )  # fmt: skip
         self.bulk = [f"b{i}-{self.run}" for i in range(self.bulk_recipients)]
+        self.hooks = {u.user_id for u in self.people if u.webhook}
+
+    def webhook_users(self) -> list[User]:
+        return [u for u in self.people if u.webhook]
 
     # --- set-up ----------------------------------------------------------------------------
+
+    def seed_endpoints(self, database_url: str) -> None:
+        """The webhook users' endpoints in PostgreSQL, as the admin API stores them (the
+        user's row, then the endpoint with a generated signing secret)."""
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for user in self.webhook_users():
+                conn.execute("INSERT INTO user_account (id) VALUES (%s) ON CONFLICT DO NOTHING",
+                             (user.user_id,))  # fmt: skip
+                conn.execute(
+                    "INSERT INTO channel_endpoint (user_id, kind, url, secret)"
+                    " VALUES (%s, 'webhook', %s, %s)",
+                    (user.user_id, user.webhook, new_secret()),
+                )
 
     def seed_topics(self, kafka: KafkaSettings, catalogue: Catalogue) -> None:
         """Event types and users on their compacted topics, acknowledged."""
@@ -118,11 +153,15 @@ class Workload:
                       "templates": _templates(channels), "updated_at": now}  # fmt: skip
             producer.produce(catalogue.event_types.name, key=code,
                              value=encode("herald.EventType", record))  # fmt: skip
-        contacts: list[tuple[str, str | None, str | None]]
-        contacts = [(u.user_id, u.email, u.phone) for u in self.people]
-        contacts += [(b, None, None) for b in self.bulk]
-        for user_id, email, phone in contacts:
-            record = {"user_id": user_id, "email": email, "phone": phone, "updated_at": now}
+        contacts: list[tuple[str, str | None, str | None, dict[str, str]]]
+        contacts = [
+            (u.user_id, u.email, u.phone, {"webhook": u.webhook} if u.webhook else {})
+            for u in self.people
+        ]
+        contacts += [(b, None, None, {}) for b in self.bulk]
+        for user_id, email, phone, endpoints in contacts:
+            record = {"user_id": user_id, "email": email, "phone": phone,
+                      "endpoints": endpoints, "updated_at": now}  # fmt: skip
             producer.produce(catalogue.users.name, key=user_id,
                              value=encode("herald.User", record))  # fmt: skip
             producer.poll(0)
@@ -155,6 +194,8 @@ class Workload:
             for user in event["recipients"]:
                 notification = notification_id(event["event_id"], user)
                 for channel in EVENT_TYPES[event["event_type"]]:
+                    if channel == "webhook" and user not in self.hooks:
+                        continue  # no endpoint: the router skips the channel
                     key = (event["event_id"], user, channel)
                     self.expected[key] = (
                         notification if channel == "inapp" else delivery_id(notification, channel)
