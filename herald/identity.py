@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from functools import lru_cache
 from typing import Final
 
 #: Longest id accepted anywhere. A PostgreSQL btree index entry must fit in about a third of
@@ -54,26 +53,22 @@ def _uuid5(namespace: bytes, name: str) -> str:
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
-def _uuid_bytes(value: str) -> bytes:
-    """``uuid.UUID(value).bytes``, quickly for the canonical lower-case form Herald writes."""
-    if _CANONICAL.fullmatch(value):
-        return bytes.fromhex(value.replace("-", ""))
-    return uuid.UUID(value).bytes
-
-
-@lru_cache(maxsize=4096)  # an event's recipients are routed one after the other
-def _event_namespace(event_id: str) -> bytes:
-    return event_uuid(event_id).bytes
+def _canonical_bytes(value: str) -> bytes | None:
+    """The 16 bytes of ``value`` when it is a UUID in the canonical lower-case form Herald
+    writes (what ``uuid.UUID(value).bytes`` gives, without the object); else None."""
+    return bytes.fromhex(value.replace("-", "")) if _CANONICAL.fullmatch(value) else None
 
 
 def notification_id(event_id: str, user_id: str) -> str:
     """The id of the notification one event makes for one user."""
-    return _uuid5(_event_namespace(event_id), user_id)
+    namespace = _canonical_bytes(event_id) or event_uuid(event_id).bytes
+    return _uuid5(namespace, user_id)
 
 
 def delivery_id(notification_id: str, channel: str) -> str:
     """The id of one notification's delivery on one channel."""
-    return _uuid5(_uuid_bytes(notification_id), channel)
+    namespace = _canonical_bytes(notification_id) or uuid.UUID(notification_id).bytes
+    return _uuid5(namespace, channel)
 
 
 def derived_event_id(event_id: str, purpose: str) -> str:

@@ -535,10 +535,10 @@ def _compile_fast(source: str, html: bool) -> tuple[_Piece, ...] | None:
 def _render_fast(pieces: tuple[_Piece, ...], context: dict[str, Any], html: bool) -> str | None:
     """The text Jinja would render from ``pieces``; None when the Jinja path must decide
     (a missing key, a value other than a plain string or number, an output past the limit)."""
-    if "self" in context:  # Template.generate(**context) fails on it
+    # Template.generate(**context) fails on a "self" key and on one that is not a string.
+    if "self" in context or any(type(key) is not str for key in context):
         return None
     try:
-        "".join(context)  # and on a key that is not a string
         out: list[str] = []
         for piece in pieces:
             if isinstance(piece, str):
@@ -565,7 +565,7 @@ def _render_fast(pieces: tuple[_Piece, ...], context: dict[str, Any], html: bool
             else:
                 return None
         text = "".join(out)
-    except (TypeError, ValueError):  # a key that is not a string, an int too long to print
+    except ValueError:  # an int too long to print
         return None
     return text if len(text) <= MAX_OUTPUT_CHARS else None
 
