@@ -88,8 +88,8 @@ def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
         "bootstrap.servers": kafka.bootstrap_servers,
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 5,
-        "compression.type": "lz4",
+        "linger.ms": kafka.linger_ms,
+        "compression.type": kafka.compression_type,
         "partitioner": "murmur2_random",
         **overrides,
     }

@@ -44,6 +44,11 @@ class RouterSettings(BaseSettings):
     #: wait for delivery reports (backpressure). Each stage acknowledges a consumed record to
     #: Faust when every record it made is acknowledged (services.router.outputs).
     max_in_flight: int = Field(default=20_000, ge=1, le=1_000_000)
+    #: How long the broker may hold a fetch that finds no new records (aiokafka's
+    #: ``fetch_max_wait_ms``; Faust fixes it at 1,500 ms). A partition resumed after its stream
+    #: buffer drained is fetched once the fetch in flight returns, so this bounds that stall;
+    #: an idle worker sends this many more fetches (services.router.app.RouterConsumerThread).
+    fetch_max_wait_ms: int = Field(default=100, ge=10, le=5_000)
     #: How often consumed offsets are committed (after the records they produced are acked).
     commit_interval_ms: int = Field(default=1000, ge=50, le=60_000)
     #: How long a partition's commit point may stay behind records the stream skipped before
