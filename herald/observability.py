@@ -33,6 +33,7 @@ from prometheus_client import Gauge, Histogram
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from herald.metrics import labelled
 from herald.settings import KafkaSettings
 from schemas import Catalogue, UnknownTopicError
 
@@ -121,7 +122,7 @@ def observe_final(channel: str, status: str, headers: Any, now: float | None = N
     when = published_at(headers)
     if when is not None:
         elapsed = (time.time() if now is None else now) - when
-        DELIVERY_LATENCY.labels(channel, status).observe(max(0.0, elapsed))
+        labelled(DELIVERY_LATENCY, channel, status).observe(max(0.0, elapsed))
 
 
 def observe_published(
@@ -130,7 +131,7 @@ def observe_published(
     """Observe ``herald_delivery_latency_seconds`` for deliveries published at ``published``
     (``x-published-at`` values already read) that reached their final ``status`` now."""
     now = time.time() if now is None else now
-    histogram = DELIVERY_LATENCY.labels(channel, status)
+    histogram = labelled(DELIVERY_LATENCY, channel, status)
     for when in published:
         histogram.observe(max(0.0, now - when))
 

@@ -46,6 +46,7 @@ from herald.metrics import (
     RECORDS_IN,
     RECORDS_OUT,
     Backoff,
+    labelled,
 )
 from herald.settings import KafkaSettings
 
@@ -463,8 +464,8 @@ class BatchLoop:
             records, deferrals = split_due(records, self.not_before, time.time())
             self._defer(deferrals)
         for message in records:
-            RECORDS_IN.labels(self.service, message.topic()).inc()
-        BATCH_SIZE.labels(self.service).observe(len(records))
+            labelled(RECORDS_IN, self.service, message.topic()).inc()
+        labelled(BATCH_SIZE, self.service).observe(len(records))
         result = self.handler(records) if records else []
         if isinstance(result, Handled):
             outgoing = result.outgoing
@@ -718,7 +719,7 @@ class BatchLoop:
                 refused.append((record, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, exc.message)))
                 continue
             sent += 1
-            RECORDS_OUT.labels(self.service, record.topic).inc()
+            labelled(RECORDS_OUT, self.service, record.topic).inc()
         # librdkafka reports every record within message.timeout.ms; a broker restart is
         # mostly waited out here, inside librdkafka's own retries.
         while reported[0] < sent:

@@ -32,7 +32,7 @@ from herald.headers import (
     write_headers,
 )
 from herald.identity import check_id_length
-from herald.metrics import DELIVERIES, ERRORS
+from herald.metrics import DELIVERIES, ERRORS, labelled
 from herald.observability import observe_final
 from herald.sender.breaker import Breaker
 from herald.sender.journal import Claim, JournalEntry, SendJournal
@@ -456,7 +456,7 @@ class SenderHandler:
                     "provider answering again; sending resumes",
                     extra={"delivery_id": delivery_id},
                 )
-            DELIVERIES.labels(self.routes.channel, "sent").inc()
+            labelled(DELIVERIES, self.routes.channel, "sent").inc()
             observe_final(self.routes.channel, "sent", message.headers())
             event = status_event(
                 request,
@@ -518,7 +518,7 @@ class SenderHandler:
     def _skipped(
         self, message: Message, request: dict[str, Any], attempt: int, reason: SkipDelivery
     ) -> list[Outgoing]:
-        DELIVERIES.labels(self.routes.channel, "skipped").inc()
+        labelled(DELIVERIES, self.routes.channel, "skipped").inc()
         observe_final(self.routes.channel, "skipped", message.headers())
         log.info(
             "delivery skipped",
@@ -546,7 +546,7 @@ class SenderHandler:
         if status is None and record.topic == self.routes.dlq_topic:
             status = "dead" if isinstance(error, RetryableError) else "failed"
         status = status or "retrying"
-        DELIVERIES.labels(self.routes.channel, status).inc()
+        labelled(DELIVERIES, self.routes.channel, status).inc()
         if status != "retrying":
             observe_final(self.routes.channel, status, message.headers())
         ERRORS.labels(self.service, error.error_class).inc()

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException
 
-from herald.metrics import RECORDS_OUT
+from herald.metrics import RECORDS_OUT, labelled
 from herald.producer import AckedProducer, RecordTooLarge
 from herald.settings import KafkaSettings
 from herald.streaming import Outgoing, producer_config
@@ -111,7 +111,7 @@ class Publisher:
                 f"Kafka refused {len(acks.errors)} of {len(records)} records: {acks.errors[0]}"
             )
         for record in records:
-            RECORDS_OUT.labels(self.service, record.topic).inc()
+            labelled(RECORDS_OUT, self.service, record.topic).inc()
 
     def _produce(self, record: Outgoing, acks: _Acks, deadline: float) -> None:
         try:

@@ -56,7 +56,7 @@ from prometheus_client import Counter
 
 from herald.errors import PermanentError
 from herald.identity import HERALD_NAMESPACE
-from herald.metrics import DELIVERIES, ERRORS
+from herald.metrics import DELIVERIES, ERRORS, labelled
 from herald.producer import AckedProducer
 from herald.serde import Record
 from herald.streaming import Outgoing, producer_config
@@ -458,7 +458,7 @@ class Emitter:
         recipient = digest_recipient(user_id, window)
         routed = routing.route(recipient, user, preferences, event_type, datetime.now(UTC))
         for status in routed.statuses:
-            DELIVERIES.labels(status["channel"], status["status"]).inc()
+            labelled(DELIVERIES, status["channel"], status["status"]).inc()
         return routing.routed_outputs(routed, self.runtime.catalogue), routing.held_rows(routed)
 
 

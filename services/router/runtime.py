@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any, cast
 
 from confluent_kafka import Message as KafkaMessage
@@ -19,7 +19,7 @@ from faust.types.tuples import Message
 
 from herald.dlqlimit import GUARD_TRIPPED, GUARD_TRIPS, DlqLimitSettings
 from herald.errors import PermanentError
-from herald.metrics import ERRORS, HEALTH, RECORDS_IN, RECORDS_OUT, Backoff
+from herald.metrics import ERRORS, HEALTH, RECORDS_IN, RECORDS_OUT, Backoff, labelled
 from herald.producer import AckedProducer
 from herald.serde import Record, decode
 from herald.streaming import Outgoing, failure_record, producer_config
@@ -57,7 +57,7 @@ class Runtime:
             service=SERVICE,
             health=HEALTH,
             max_in_flight=own.max_in_flight,
-            on_record_out=lambda topic: _records_out(topic).inc(),
+            on_record_out=lambda topic: labelled(RECORDS_OUT, SERVICE, topic).inc(),
         )
         #: The offset of the last record each table feeder stored (or skipped), by partition.
         self.stored: dict[TP, int] = {}
@@ -306,14 +306,8 @@ def decoded(raw: bytes, full_name: str) -> Record:
     return decode(raw, full_name)
 
 
-@cache
 def records_in(topic: str) -> Any:
-    return RECORDS_IN.labels(SERVICE, topic)
-
-
-@cache
-def _records_out(topic: str) -> Any:
-    return RECORDS_OUT.labels(SERVICE, topic)
+    return labelled(RECORDS_IN, SERVICE, topic)
 
 
 def _headers(headers: Any) -> list[tuple[str, str | bytes | None]]:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from faust.types.tuples import Message
 
 from herald.errors import PermanentError
-from herald.metrics import DELIVERIES
+from herald.metrics import DELIVERIES, labelled
 from herald.seed import LOGIN_ALERT
 from herald.serde import Record
 from herald.streaming import Outgoing
@@ -71,7 +71,7 @@ async def route_recipient(runtime: Runtime, recipient: Record, message: Message)
     if devices.is_login(recipient["event"]):
         outgoing += await _login_alert(runtime, recipient, user, user_preferences, now, message)
     for status in routed.statuses:
-        DELIVERIES.labels(status["channel"], status["status"]).inc()
+        labelled(DELIVERIES, status["channel"], status["status"]).inc()
     held = routing.held_rows(routed)
     await runtime.hold(held)
     if held and (raw_user, raw_preferences) != (
@@ -108,7 +108,7 @@ async def _login_alert(
         routed = routing.route(alert, user, user_preferences, alert_type, now)
         outgoing = routing.routed_outputs(routed, runtime.catalogue)
         for status in routed.statuses:
-            DELIVERIES.labels(status["channel"], status["status"]).inc()
+            labelled(DELIVERIES, status["channel"], status["status"]).inc()
         await runtime.hold(routing.held_rows(routed))
     if updated != known:
         router.known_devices[key] = devices.encode_devices(updated)
