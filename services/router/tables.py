@@ -15,7 +15,7 @@ from herald.errors import PermanentError
 from herald.metrics import ERRORS
 from services.router import digests, hold_review, routing
 from services.router.app import SERVICE
-from services.router.runtime import Runtime, log, records_in, where
+from services.router.runtime import Runtime, log, records_in, stored, where
 
 #: How long, and for how many users at most, a worker remembers an erased user.
 ERASED_MEMORY_S: Final = 86_400.0
@@ -72,9 +72,9 @@ def _feeder(runtime: Runtime, table: Any, full_name: str) -> Any:
     async def feed(stream: StreamT[bytes]) -> None:
         async for event in stream.events():
             key = event.message.key
-            before = table.get(key) if reviews and key else None
+            before = stored(table, key) if reviews and key else None
             store(runtime, event, table, full_name)
-            after = table.get(key) if before is not None else None
+            after = stored(table, key) if before is not None else None
             # A tombstone (erasure) deletes the rows instead; an invalid record changed nothing.
             if (
                 before is not None
