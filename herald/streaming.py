@@ -107,6 +107,12 @@ def consumer_config(kafka: KafkaSettings, group_id: str, **overrides: Any) -> di
         "heartbeat.interval.ms": max(kafka.session_timeout_ms // 4, 500),
         "partition.assignment.strategy": "cooperative-sticky",
         "enable.partition.eof": False,
+        # A fetch waits for 64 KiB or 25 ms, whichever comes first, instead of returning each
+        # record as it arrives: fewer, fuller fetches for the broker to serve (issue 10: the
+        # broker's CPU per 100,000-event in-app run fell from 9.5 to 7.1 s and from 8.1 to
+        # 7.5 s in back-to-back runs), at most 25 ms more per hop when traffic is light.
+        "fetch.min.bytes": 65536,
+        "fetch.wait.max.ms": 25,
         **overrides,
     }
 
