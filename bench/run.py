@@ -3,13 +3,12 @@
 One run prints and writes (``bench/results/latest.json``):
 
 1. The provider stand-ins' own ceiling at 0 ms latency (bench/standins.py), on private copies,
-   so that a sender figure can be told apart from a stand-in limit (``standin_*``).
-0. A warm-up (``warmup``): ``--warmup-events`` (300,000) in-app events through a pipeline of
-   their own (a broker started moments before spends a third of its CPU compiling); its rate
-   is reported as ``warmup.rate_per_s``.
-2. ``inapp``: in-app only, fan-out 1,
-   ``--events`` (100,000) published as fast as the producer goes: peak events/s and
-   deliveries/s; then p50/p99 publish→final-status latency at 3,000
+   so that a sender figure can be told apart from a stand-in limit (``standin_*``); then a
+   warm-up (``warmup``): ``--warmup-events`` (300,000) in-app events through a pipeline of
+   their own (a broker started moments before spends a third of its CPU compiling), its rate
+   reported as ``warmup.rate_per_s``.
+2. ``inapp``: in-app only, fan-out 1, ``--events`` (100,000) published as fast as the producer
+   goes: peak events/s and deliveries/s; then p50/p99 publish→final-status latency at 3,000
    events/s and at half the peak (``latency_ms_at``, keyed by the rate).
 3. ``fanout2_all_channels``: fan-out 2 over in-app, email and SMS: deliveries/s.
 4. For each of those, every service's peak RSS and CPU seconds (``services``), from /proc.
