@@ -114,7 +114,13 @@ class Component:
             ensure_port_free(self.host_port[1], self.name)
             self.dir.mkdir(parents=True, exist_ok=True)
             self._launch()
-        wait_until(self.ready, self.start_timeout, f"{self.name} at {self.address}", self.log)
+        wait_until(
+            self.ready,
+            self.start_timeout,
+            f"{self.name} at {self.address}",
+            self.log,
+            alive=lambda: self.owned_pid() is not None,
+        )
         return f"{self.name}: up at {self.address}"
 
     def ready(self) -> bool:

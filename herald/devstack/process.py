@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,11 +17,33 @@ class StackError(RuntimeError):
     """A local-stack problem with a message meant for a person, not a traceback."""
 
 
+#: Where ``free_port`` looks: below Linux's ephemeral range (32768-60999), so an outgoing
+#: connection cannot take the port between the choice and the server's bind, and above the
+#: local stack's fixed ports (12525-19093).
+FREE_PORT_RANGE = (20000, 32767)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now (for a private stand-in, a test's service)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on loopback right now (for a private stand-in, a test's service).
+
+    Never one this process handed out before, nor the port after one (the SMTP sink serves
+    its HTTP API on its port + 1), nor one in the ephemeral range that clients' connections
+    draw from.
+    """
+    low, high = FREE_PORT_RANGE
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if {port - 1, port, port + 1} & _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise StackError(f"no free loopback port found in {low}-{high}")
 
 
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -75,18 +98,37 @@ def ensure_port_free(port: int, what: str) -> None:
 
 
 def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, log: Path | None = None
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+    alive: Callable[[], bool] | None = None,
 ) -> None:
-    """Poll ``check`` until it is true; on timeout raise a StackError naming the log to read."""
+    """Poll ``check`` until it is true. Raise a StackError, quoting the end of ``log``, on
+    timeout, or as soon as ``alive`` says the process being waited for has exited."""
     deadline = time.monotonic() + timeout
     delay = 0.05
     while time.monotonic() < deadline:
         if check():
             return
+        if alive is not None and not alive():
+            raise StackError(f"{what} exited while starting{log_tail(log)}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
-    hint = f"; see {log}" if log else ""
-    raise StackError(f"{what} did not come up within {timeout:.0f}s{hint}")
+    raise StackError(f"{what} did not come up within {timeout:.0f}s{log_tail(log)}")
+
+
+def log_tail(log: Path | None, lines: int = 15) -> str:
+    """``"; see LOG; its last lines:"`` and those lines, for an error message ("" without a log)."""
+    if log is None:
+        return ""
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return f"; see {log} (unreadable)"
+    if not tail:
+        return f"; see {log} (empty)"
+    return f"; see {log}; its last lines:\n" + "\n".join(f"  {line}" for line in tail)
 
 
 def read_pid(pidfile: Path) -> int | None:

@@ -101,20 +101,21 @@ def test_a_second_stack_comes_up_and_down_leaving_nothing(
     scratch_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A whole stack on other ports and another folder: up, answering, down, nothing left."""
+    # The two SMTP sinks serve their HTTP API on the port after SMTP: pairs.
+    smtp, smtp_b, kafka, postgres, sms, hooks, controller, sms_b = free_ports(8, pairs=2)
     settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"),
+        kafka=KafkaSettings(bootstrap_servers=f"127.0.0.1:{kafka}"),
         database=DatabaseSettings(
-            database_url=f"postgresql+psycopg://herald@127.0.0.1:{free_port()}/herald"
+            database_url=f"postgresql+psycopg://herald@127.0.0.1:{postgres}/herald"
         ),
-        smtp=SmtpSettings(smtp_url=f"smtp://127.0.0.1:{free_port()}"),
-        sms=SmsSettings(sms_api_url=f"http://127.0.0.1:{free_port()}"),
-        webhook_sink=WebhookSinkSettings(webhook_sink_url=f"http://127.0.0.1:{free_port()}"),
+        smtp=SmtpSettings(smtp_url=f"smtp://127.0.0.1:{smtp}"),
+        sms=SmsSettings(sms_api_url=f"http://127.0.0.1:{sms}"),
+        webhook_sink=WebhookSinkSettings(webhook_sink_url=f"http://127.0.0.1:{hooks}"),
         local=LocalStackSettings(
             local_dir=scratch_dir,
-            kafka_controller_port=free_port(),
-            # The failover stand-ins (smtp-b has its API on the next port).
-            smtp_b_port=free_ports(1, pairs=1)[0],
-            sms_b_port=free_port(),
+            kafka_controller_port=controller,
+            smtp_b_port=smtp_b,
+            sms_b_port=sms_b,
         ),
     )
     # Reuse the jars the session's stack fetched instead of downloading them again.
