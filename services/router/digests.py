@@ -62,7 +62,7 @@ from herald.serde import Record
 from herald.streaming import Outgoing, producer_config
 from services.router import routing
 from services.router.app import SERVICE
-from services.router.runtime import Runtime, decoded, log, stored
+from services.router.runtime import Runtime, decoded, log, table_value
 
 #: Events a digest's template can list (``events``); ``count`` covers all of them.
 MAX_ITEMS: Final = 20
@@ -103,7 +103,7 @@ def is_digested(event_type: Mapping[str, Any] | None) -> bool:
 def takes_hop(runtime: Runtime, recipient: Mapping[str, Any]) -> bool:
     """Whether stage 1 must write this recipient to the recipients topic rather than route it
     here: a digest event needs its own offset there (see the module docstring)."""
-    raw = stored(runtime.router.event_types, recipient["event"]["event_type"].encode())
+    raw = table_value(runtime.router.event_types, recipient["event"]["event_type"].encode())
     return raw is not None and is_digested(decoded(raw, routing.EVENT_TYPE))
 
 
@@ -303,7 +303,7 @@ def absorb(
         raise RuntimeError("a digest event must be routed from the recipients topic")
     table = runtime.router.digest_windows
     key = recipient["user_id"].encode()
-    state = load(stored(table, key))
+    state = load(table_value(table, key))
     prune(state, runtime.committed_offset(message.tp))
     digest = event_type["digest"]
     at_ms = int((message.timestamp or time.time()) * 1000)
@@ -396,7 +396,7 @@ class Emitter:
         state["r"] = [recent for recent in state["r"] if recent["until"] > now_ms]
         prune(state, self.runtime.committed_offset(tp))
         raw = dump(state)
-        if raw != stored(self.runtime.router.digest_windows, key):
+        if raw != table_value(self.runtime.router.digest_windows, key):
             _set(self.runtime.router.digest_windows, key, raw)
             write_changelog(self.runtime, _changelog(self.runtime, key, raw))
         if raw is not None:  # offsets not committed yet: look again in a minute
@@ -435,7 +435,7 @@ class Emitter:
         await runtime.hold(held)
         if runtime.app.consumer_generation_id != generation or not runtime.holds_tables(tp):
             return False  # the new owner emits it again (same ids) and removes it
-        state = load(stored(router.digest_windows, key))
+        state = load(table_value(router.digest_windows, key))
         remove(state, window, int(time.time() * 1000))
         prune(state, runtime.committed_offset(tp))
         raw = dump(state)
@@ -447,12 +447,12 @@ class Emitter:
 
     def _route(self, user_id: str, window: Mapping[str, Any]) -> tuple[list[Outgoing], list[Any]]:
         router = self.runtime.router
-        raw_user = stored(router.users, user_id.encode())
-        raw_type = stored(router.event_types, window["code"].encode())
+        raw_user = table_value(router.users, user_id.encode())
+        raw_type = table_value(router.event_types, window["code"].encode())
         if raw_user is None or raw_type is None:
             raise LookupError("the user or the event type is gone")
         user = decoded(raw_user, routing.USER)
-        raw_preferences = stored(router.preferences, user_id.encode())
+        raw_preferences = table_value(router.preferences, user_id.encode())
         preferences = decoded(raw_preferences, routing.PREFERENCES) if raw_preferences else None
         event_type = digest_type(decoded(raw_type, routing.EVENT_TYPE))
         recipient = digest_recipient(user_id, window)

@@ -36,7 +36,7 @@ from herald.serde import Record
 from herald.status import status_event
 from services.router import quiet_hours, routing
 from services.router.app import SERVICE
-from services.router.runtime import Runtime, decoded, log, stored
+from services.router.runtime import Runtime, decoded, log, table_value
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def affects_holds(full_name: str, before: bytes, after: bytes) -> bool:
 
 
 def _table_record(table: Any, user_id: str, full_name: str) -> Record | None:
-    raw = stored(table, user_id.encode())
+    raw = table_value(table, user_id.encode())
     return decoded(raw, full_name) if raw is not None else None
 
 

@@ -89,12 +89,12 @@ class Runtime:
         for one written just before ``message``. Waiting sleeps this agent only; the agents
         that feed the tables go on."""
         raw_key = key.encode()
-        raw = stored(table, raw_key)
+        raw = table_value(table, raw_key)
         if raw is None:
             deadline = self.deadline(message)
             while raw is None and time.time() < deadline:
                 await asyncio.sleep(self.poll_s)
-                raw = stored(table, raw_key)
+                raw = table_value(table, raw_key)
         return decoded(raw, full_name) if raw is not None else None
 
     def deadline(self, message: Message) -> float:
@@ -222,7 +222,7 @@ class Stage:
         """Route one record and hand what it made to the outputs (the ledger has it as
         received, and as finished once all of it is on the broker)."""
         self.runtime.ledger.received(message.tp, message.offset)
-        records_in(message.topic).inc()
+        labelled(RECORDS_IN, SERVICE, message.topic).inc()
         outgoing = await self.handle(message)
         if is_dead_letter(outgoing):
             outgoing = await self._guarded(message, outgoing)
@@ -304,7 +304,7 @@ def permanent(exc: Exception) -> PermanentError:
     return PermanentError(f"{type(exc).__name__}: {exc}", error_class="router.unexpected")
 
 
-def stored(table: Any, key: bytes) -> bytes | None:
+def table_value(table: Any, key: bytes) -> bytes | None:
     """A table's value for ``key``, read straight from the dict behind Faust's memory store
     (``store="memory://"``, see app.py). ``table.get`` goes through three mapping layers and
     a sensor call, and raises and catches a KeyError for a missing key (a user without a
@@ -318,10 +318,6 @@ def decoded(raw: bytes, full_name: str) -> Record:
     # Table values are read far more often than written (one event type for many events):
     # decode each version once. The records are shared: routing never mutates its inputs.
     return decode(raw, full_name)
-
-
-def records_in(topic: str) -> Any:
-    return labelled(RECORDS_IN, SERVICE, topic)
 
 
 def _headers(headers: Any) -> list[tuple[str, str | bytes | None]]:

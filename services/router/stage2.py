@@ -18,7 +18,7 @@ from herald.seed import LOGIN_ALERT
 from herald.serde import Record
 from herald.streaming import Outgoing
 from services.router import devices, digests, hold_review, routing, tables
-from services.router.runtime import Runtime, Stage, add_stage, decoded, permanent, stored
+from services.router.runtime import Runtime, Stage, add_stage, decoded, permanent, table_value
 
 
 def register(runtime: Runtime) -> Stage:
@@ -62,8 +62,8 @@ async def route_recipient(runtime: Runtime, recipient: Record, message: Message)
         absorbed = digests.absorb(runtime, recipient, event_type, message)
         if absorbed is not None:  # in the user's digest window (services.router.digests)
             return absorbed
-    raw_user = stored(router.users, user_id.encode())
-    raw_preferences = stored(router.preferences, user_id.encode())
+    raw_user = table_value(router.users, user_id.encode())
+    raw_preferences = table_value(router.preferences, user_id.encode())
     user_preferences = decoded(raw_preferences, routing.PREFERENCES) if raw_preferences else None
     now = datetime.now(UTC)
     routed = routing.route(recipient, user, user_preferences, event_type, now)
@@ -75,8 +75,8 @@ async def route_recipient(runtime: Runtime, recipient: Record, message: Message)
     held = routing.held_rows(routed)
     await runtime.hold(held)
     if held and (raw_user, raw_preferences) != (
-        stored(router.users, user_id.encode()),
-        stored(router.preferences, user_id.encode()),
+        table_value(router.users, user_id.encode()),
+        table_value(router.preferences, user_id.encode()),
     ):
         # The user changed while this was routed: that change's review may have missed it.
         await hold_review.review_user(runtime, user_id)
@@ -96,7 +96,7 @@ async def _login_alert(
     alert is routed, so a login parked on the DLQ is decided again when replayed."""
     router = runtime.router
     key = recipient["user_id"].encode()
-    known = devices.decode_devices(stored(router.known_devices, key))
+    known = devices.decode_devices(table_value(router.known_devices, key))
     updated, is_new = devices.observe_login(known, recipient["event"], now)
     outgoing: list[Outgoing] = []
     if is_new:

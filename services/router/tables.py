@@ -12,10 +12,10 @@ from faust.types import EventT, StreamT
 from prometheus_client import Counter
 
 from herald.errors import PermanentError
-from herald.metrics import ERRORS
+from herald.metrics import ERRORS, RECORDS_IN, labelled
 from services.router import digests, hold_review, routing
 from services.router.app import SERVICE
-from services.router.runtime import Runtime, log, records_in, stored, where
+from services.router.runtime import Runtime, log, table_value, where
 
 #: How long, and for how many users at most, a worker remembers an erased user.
 ERASED_MEMORY_S: Final = 86_400.0
@@ -72,9 +72,9 @@ def _feeder(runtime: Runtime, table: Any, full_name: str) -> Any:
     async def feed(stream: StreamT[bytes]) -> None:
         async for event in stream.events():
             key = event.message.key
-            before = stored(table, key) if reviews and key else None
+            before = table_value(table, key) if reviews and key else None
             store(runtime, event, table, full_name)
-            after = stored(table, key) if before is not None else None
+            after = table_value(table, key) if before is not None else None
             # A tombstone (erasure) deletes the rows instead; an invalid record changed nothing.
             if (
                 before is not None
@@ -89,7 +89,7 @@ def _feeder(runtime: Runtime, table: Any, full_name: str) -> Any:
 def store(runtime: Runtime, event: EventT, table: Any, full_name: str) -> None:
     """Copy one compacted-topic record into its table."""
     message = event.message
-    records_in(message.topic).inc()
+    labelled(RECORDS_IN, SERVICE, message.topic).inc()
     runtime.stored[message.tp] = message.offset
     if not message.key:
         log.warning("record without a key ignored", extra=where(message))
