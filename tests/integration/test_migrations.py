@@ -283,3 +283,39 @@ def test_downgrade_to_base_drops_every_herald_table(schema_settings: DatabaseSet
     # And back up again: downgrade left nothing behind that blocks a fresh upgrade.
     migrate.upgrade(schema_settings)
     assert _tables(schema_settings) == HERALD_TABLES | {"alembic_version"}
+
+
+def test_engine_connections_plan_every_statement_for_its_parameters(
+    schema_settings: DatabaseSettings,
+) -> None:
+    """A statement run often on an empty table would otherwise keep a generic plan (a full
+    scan) for the connection's life, however large the table grows (issue 10)."""
+    migrate.upgrade(schema_settings)
+    lookup = "SELECT state FROM send_journal WHERE delivery_id = ANY(%(ids)s)"
+    ids = [uuid.uuid4() for _ in range(10)]
+
+    def plans(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+        row = conn.execute(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE 'SELECT state FROM send_journal%%'"
+        ).fetchone()
+        assert row is not None, "psycopg did not prepare the statement"
+        return int(row[0]), int(row[1])
+
+    # Without the option (a bare psycopg connection), PostgreSQL settles on a generic plan.
+    options = search_path_options(schema_settings.database_schema)
+    with psycopg.connect(schema_settings.libpq_url, options=options) as bare:
+        for _ in range(20):  # prepared from the 6th; plans compared from its 6th run on
+            bare.execute(lookup, {"ids": ids}).fetchall()
+        assert plans(bare)[0] > 0
+    engine = make_engine(schema_settings)
+    try:
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert isinstance(driver, psycopg.Connection)
+            for _ in range(20):
+                driver.execute(lookup, {"ids": ids}).fetchall()
+            generic, custom = plans(driver)
+            assert generic == 0 and custom >= 10, (generic, custom)
+    finally:
+        engine.dispose()

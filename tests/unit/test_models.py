@@ -172,7 +172,9 @@ def test_make_engine_sets_search_path_and_keeps_caller_options() -> None:
         assert engine.dialect.driver == "psycopg"
         with pytest.raises(_Captured):
             engine.connect()
-        assert seen["options"] == '-c search_path="s1" -c statement_timeout=5000'
+        assert seen["options"] == (
+            '-c search_path="s1" -c plan_cache_mode=force_custom_plan -c statement_timeout=5000'
+        )
         assert seen["dbname"] == "herald"
     finally:
         engine.dispose()
