@@ -29,8 +29,10 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,10 +42,11 @@ import psycopg
 from confluent_kafka import Consumer, Producer
 
 from bench import senders
-from bench.standins import STANDIN_LABELS, ceilings
+from bench.standins import STANDIN_LABELS, ceilings, standin
 from herald.db import migrate
 from herald.db.engine import search_path_options
 from herald.devstack import stack
+from herald.devstack.process import free_port
 from herald.serde import encode
 from herald.settings import Settings, get_settings
 from herald.streaming import producer_config
@@ -249,6 +252,7 @@ def run_pipeline(settings: Settings, scenario: Scenario) -> dict[str, Any]:
     services: list[ServiceProcess] = []
     channels = list(scenario.channels)
     create_topics(kafka, catalogue, prefix="")
+    private = ExitStack()
     try:
         migrate.upgrade(database)
         env = {
@@ -258,6 +262,9 @@ def run_pipeline(settings: Settings, scenario: Scenario) -> dict[str, Any]:
             "EMAIL_SENDER_METRICS_PORT": "0",
             "SMS_SENDER_METRICS_PORT": "0",
             "INAPP_STORE_METRICS_PORT": "0",
+            # Private stand-ins: the bench's tens of thousands of messages must not pile up in
+            # the local stack's sinks (the SMTP sink keeps them all, and loads them at start).
+            **private_standins(private, channels),
         }
         log_dir = settings.local.local_dir / "bench-logs"
         services.append(start_service("services.inapp_store", env, log_dir))
@@ -344,10 +351,31 @@ def run_pipeline(settings: Settings, scenario: Scenario) -> dict[str, Any]:
         return result
     finally:
         stop_all(services)
+        private.close()
         existing = admin_client(kafka).list_topics(timeout=10).topics  # changelogs too
         delete_topics(kafka, [name for name in existing if name.startswith(prefix)])
         with psycopg.connect(settings.database.libpq_url, autocommit=True) as admin:
             admin.execute(f'drop schema if exists "{schema}" cascade')
+
+
+def private_standins(stack: ExitStack, channels: list[str]) -> dict[str, str]:
+    """Start an SMTP sink and an SMS stand-in of the scenario's own (0 ms, on free ports, the
+    sink's store in a temporary folder), closed with ``stack``; the environment that points
+    the senders at them."""
+    env: dict[str, str] = {}
+    if "email" in channels:
+        port, api_port = free_port(), free_port()
+        store = stack.enter_context(tempfile.TemporaryDirectory(prefix="herald-bench-smtp-"))
+        argv = ["herald.devstack.smtp_sink", "--port", str(port), "--api-port", str(api_port),
+                "--store", str(Path(store) / "messages")]  # fmt: skip
+        stack.enter_context(standin(argv, [port, api_port], 0))
+        env["SMTP_URL"] = f"smtp://127.0.0.1:{port}"
+    if "sms" in channels:
+        port = free_port()
+        argv = ["herald.devstack.sms_standin", "--port", str(port)]
+        stack.enter_context(standin(argv, [port], 0))
+        env["SMS_API_URL"] = f"http://127.0.0.1:{port}"
+    return env
 
 
 def summary(values: list[float]) -> dict[str, float | None]:

@@ -31,6 +31,37 @@ T = TypeVar("T")
 #: Delivery states after which a delivery must never be sent again.
 DONE_STATUSES = ("sent", "delivered")
 
+# The statements of a batch, in the driver's own form (``%(name)s``): run several times a
+# second, they skip SQLAlchemy's ``text()`` parsing and compilation (a fifth of the email
+# sender's Python time in the fan-out bench, issue 10).
+STATES_SQL = (
+    "SELECT id::text, 'recorded', provider_message_id, NULL::text"
+    " FROM notification_delivery WHERE id = ANY(%(ids)s) AND status = ANY(%(done)s)"
+    " UNION ALL SELECT delivery_id::text, state, provider_message_id,"
+    " claim_token::text FROM send_journal WHERE delivery_id = ANY(%(ids)s)"
+)
+HOLDERS_SQL = (
+    "SELECT delivery_id::text, claim_token FROM send_journal WHERE delivery_id = ANY(%(ids)s)"
+)
+CLAIM_MANY_SQL = (
+    "INSERT INTO send_journal (delivery_id, channel, state, attempt, claim_token)"
+    " SELECT c.id, %(channel)s, 'sending', c.attempt, c.token FROM unnest("
+    "CAST(%(ids)s AS uuid[]), CAST(%(attempts)s AS integer[]), CAST(%(tokens)s AS uuid[])"
+    ") AS c(id, attempt, token)"
+    " ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id::text"
+)
+CONFIRM_MANY_SQL = (
+    "UPDATE send_journal AS j SET state = 'sent', provider_message_id = c.provider,"
+    " updated_at = now()"
+    " FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(providers)s AS text[])) AS c(id, provider)"
+    " WHERE j.delivery_id = c.id"
+)
+RELEASE_MANY_SQL = (
+    "DELETE FROM send_journal AS j"
+    " USING unnest(CAST(%(ids)s AS uuid[]), CAST(%(tokens)s AS uuid[])) AS c(id, token)"
+    " WHERE j.delivery_id = c.id AND j.state = 'sending' AND j.claim_token = c.token"
+)
+
 JOURNAL_RETRIES = Counter(
     "herald_sender_journal_retries_total",
     "Send-journal statements tried again after the database connection was lost",
@@ -189,14 +220,8 @@ class PostgresJournal:
             return {}
         ids = [uuid.UUID(delivery_id) for delivery_id in delivery_ids]
         rows = self._retrying(
-            lambda conn: conn.execute(
-                text(
-                    "SELECT id::text, 'recorded', provider_message_id, NULL::text"
-                    " FROM notification_delivery WHERE id = ANY(:ids) AND status = ANY(:done)"
-                    " UNION ALL SELECT delivery_id::text, state, provider_message_id,"
-                    " claim_token::text FROM send_journal WHERE delivery_id = ANY(:ids)"
-                ),
-                {"ids": ids, "done": list(DONE_STATUSES)},
+            lambda conn: conn.exec_driver_sql(
+                STATES_SQL, {"ids": ids, "done": list(DONE_STATUSES)}
             ).all(),
             "states",
         )
@@ -297,26 +322,11 @@ class PostgresJournal:
             ours: set[str] = set()
             if tried[0]:
                 # The last try lost its connection: some claims may have gone through.
-                for key, holder in conn.execute(
-                    text(
-                        "SELECT delivery_id::text, claim_token FROM send_journal"
-                        " WHERE delivery_id = ANY(:ids)"
-                    ),
-                    {"ids": params["ids"]},
-                ):
+                for key, holder in conn.exec_driver_sql(HOLDERS_SQL, {"ids": params["ids"]}):
                     if holder == tokens[by_key[key]]:
                         ours.add(by_key[key])
             tried[0] = True
-            rows = conn.execute(
-                text(
-                    "INSERT INTO send_journal (delivery_id, channel, state, attempt, claim_token)"
-                    " SELECT c.id, :channel, 'sending', c.attempt, c.token FROM unnest("
-                    "CAST(:ids AS uuid[]), CAST(:attempts AS integer[]), CAST(:tokens AS uuid[])"
-                    ") AS c(id, attempt, token)"
-                    " ON CONFLICT (delivery_id) DO NOTHING RETURNING delivery_id::text"
-                ),
-                params,
-            )
+            rows = conn.exec_driver_sql(CLAIM_MANY_SQL, params)
             return ours | {by_key[key] for (key,) in rows}
 
         taken = self._retrying(take, "claim_many")
@@ -334,15 +344,7 @@ class PostgresJournal:
             "providers": [provider for _, provider in confirmed],
         }
         self._retrying(
-            lambda conn: conn.execute(
-                text(
-                    "UPDATE send_journal AS j SET state = 'sent',"
-                    " provider_message_id = c.provider, updated_at = now()"
-                    " FROM unnest(CAST(:ids AS uuid[]), CAST(:providers AS text[]))"
-                    " AS c(id, provider) WHERE j.delivery_id = c.id"
-                ),
-                params,
-            ),
+            lambda conn: conn.exec_driver_sql(CONFIRM_MANY_SQL, params),
             "confirm_many",
         )
 
@@ -355,14 +357,6 @@ class PostgresJournal:
             "tokens": [token for _, token in ours],
         }
         self._retrying(
-            lambda conn: conn.execute(
-                text(
-                    "DELETE FROM send_journal AS j"
-                    " USING unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[])) AS c(id, token)"
-                    " WHERE j.delivery_id = c.id AND j.state = 'sending'"
-                    " AND j.claim_token = c.token"
-                ),
-                params,
-            ),
+            lambda conn: conn.exec_driver_sql(RELEASE_MANY_SQL, params),
             "release_many",
         )
