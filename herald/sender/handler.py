@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -36,7 +36,7 @@ from herald.metrics import DELIVERIES, ERRORS, labelled
 from herald.observability import observe_final
 from herald.sender.breaker import Breaker
 from herald.sender.journal import Claim, JournalEntry, SendJournal
-from herald.sender.pool import IN_FLIGHT, SendFunction, SendPool, Sent, as_sent
+from herald.sender.pool import IN_FLIGHT, Outcome, SendFunction, SendPool, Sent, as_sent
 from herald.sender.providers import PIN_UNKNOWN, with_pin
 from herald.serde import SerdeError, decode
 from herald.status import status_event, status_outgoing
@@ -292,7 +292,7 @@ class SenderHandler:
         if self.prepare is not None and decoded:
             self.prepare([request for _, request in decoded])
         results: list[list[Outgoing]] = [[] for _ in decoded]
-        in_flight: dict[Future[str | Sent], int] = {}
+        in_flight: set[int] = set()  # indexes of the sends handed to the pool
         busy: set[str] = set()  # delivery ids claimed or in flight
         held_from: int | None = None
         index = 0
@@ -328,11 +328,11 @@ class SenderHandler:
                 self._confirmed(wait_all=False)
             self._confirmed(wait_all=True)
         finally:
-            if in_flight:
+            while in_flight:
                 # Only a journal failure gets here: let the sends end before the loop stops;
                 # their claims stay, so whoever takes the records over finds them unconfirmed.
-                wait(in_flight)
-                IN_FLIGHT.labels(channel).set(0)
+                in_flight.difference_update(outcome.tag for outcome in self.pool.completed())
+            IN_FLIGHT.labels(channel).set(0)
             if self._confirms:  # a failure elsewhere: let the confirms under way end
                 wait(self._confirms)
                 self._confirms = []
@@ -343,16 +343,14 @@ class SenderHandler:
             return Handled(outgoing, held, self.breaker.open_until)
         return outgoing
 
-    def _completed(self, in_flight: dict[Future[str | Sent], int]) -> set[Future[str | Sent]]:
+    def _completed(self, in_flight: set[int]) -> list[Outcome]:
         """The sends done so far, after waiting for at least one. With many in flight, waits
         up to :data:`CONFIRM_LINGER_SECONDS` more for others, so that a confirm (and the claim
         that refills the window) covers a group, not one or two: at 2,000 sends/s, one
         statement per completion would cost PostgreSQL and this process more than the sends."""
-        done, pending = wait(in_flight, return_when=FIRST_COMPLETED)
-        if pending and len(done) < len(in_flight) // CONFIRM_GROUP_FRACTION:
-            more, _ = wait(pending, timeout=CONFIRM_LINGER_SECONDS, return_when=ALL_COMPLETED)
-            done |= more
-        return done
+        return self.pool.completed(
+            at_least=len(in_flight) // CONFIRM_GROUP_FRACTION, linger=CONFIRM_LINGER_SECONDS
+        )
 
     def _start(
         self,
@@ -360,7 +358,7 @@ class SenderHandler:
         decoded: list[tuple[Message, dict[str, Any]]],
         journal: dict[str, JournalEntry],
         results: list[list[Outgoing]],
-        in_flight: dict[Future[str | Sent], int],
+        in_flight: set[int],
         busy: set[str],
     ) -> None:
         """Claim the group's deliveries (one statement) and hand those won to the pool, each
@@ -389,14 +387,15 @@ class SenderHandler:
                 log.info("claimed by another sender; skipped", extra={"delivery_id": delivery_id})
                 continue
             pin = pins.get(i)
-            in_flight[self.pool.submit(request if pin is None else with_pin(request, pin))] = i
+            self.pool.submit(i, request if pin is None else with_pin(request, pin))
+            in_flight.add(i)
 
     def _finish(
         self,
-        done: set[Future[str | Sent]],
+        done: list[Outcome],
         decoded: list[tuple[Message, dict[str, Any]]],
         results: list[list[Outgoing]],
-        in_flight: dict[Future[str | Sent], int],
+        in_flight: set[int],
         busy: set[str],
     ) -> None:
         """Record the outcome of completed sends: confirm those the provider accepted (one
@@ -404,14 +403,14 @@ class SenderHandler:
         accepted: list[tuple[int, Sent]] = []
         released: list[str] = []
         # In batch order, so the breaker sees failures in the order the records came.
-        for future in sorted(done, key=in_flight.__getitem__):
-            i = in_flight.pop(future)
+        for i, result, exc in sorted(done, key=lambda outcome: outcome.tag):
+            in_flight.discard(i)
             message, request = decoded[i]
             delivery_id = request["delivery_id"]
             attempt = attempt_of(message)
-            exc = future.exception()
             if exc is None:
-                accepted.append((i, as_sent(future.result())))
+                assert result is not None
+                accepted.append((i, as_sent(result)))
                 continue
             busy.discard(delivery_id)
             if isinstance(exc, SkipDelivery):

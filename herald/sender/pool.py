@@ -4,15 +4,16 @@
 provider answers in 50-300 ms; the GIL is released while a thread waits on its socket), and
 :class:`TokenBucket` spaces the sends so that all of them together stay within the
 provider's rate limit. The pool only sends: claims, confirmations and every decision stay on
-the batch thread (:class:`herald.sender.handler.SenderHandler`).
+the batch thread (:class:`herald.sender.handler.SenderHandler`), which hands sends in with
+:meth:`SendPool.submit` and takes their :class:`Outcome` back with :meth:`SendPool.completed`.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -114,10 +115,22 @@ class TokenBucket:
         return wait
 
 
+class Outcome(NamedTuple):
+    """How one send ended: ``tag`` as given to :meth:`SendPool.submit`, and the provider's id
+    or the exception it raised."""
+
+    tag: int
+    result: str | Sent | None
+    error: BaseException | None
+
+
 class SendPool:
     """Calls ``send`` on up to ``concurrency`` threads, each call after a token of ``limit``.
 
-    ``concurrency`` 1 sends on the calling thread (no threads at all).
+    Sends go to the threads through one queue and their outcomes come back through another:
+    no ``concurrent.futures.Future`` per send (its condition and lock, and ``wait`` over every
+    future in flight, were a quarter of the SMS sender's batch thread at 256 in flight,
+    issue 10). ``concurrency`` 1 sends on the calling thread (no threads at all).
     """
 
     def __init__(
@@ -134,27 +147,68 @@ class SendPool:
         self.channel = channel
         self.concurrency = concurrency
         self.limit = limit or TokenBucket(0)
-        self._executor = (
-            ThreadPoolExecutor(concurrency, thread_name_prefix=f"send-{channel}")
-            if concurrency > 1
-            else None
-        )
+        self._todo: queue.SimpleQueue[tuple[int, Mapping[str, Any]] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        #: One release per thread waiting for work (as in ThreadPoolExecutor): a send takes
+        #: one, or starts a thread while there are fewer than ``concurrency``.
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
         RATE_LIMIT.labels(channel).set(self.limit.rate)
         CONCURRENCY.labels(channel).set(concurrency)
         RATE_LIMITED.labels(channel)
         for outcome in ("ok", "error"):
             PROVIDER_SECONDS.labels(channel, outcome)
 
-    def submit(self, request: Mapping[str, Any]) -> Future[str | Sent]:
-        """Start sending ``request``; the future holds the provider id or the exception."""
-        if self._executor is not None:
-            return self._executor.submit(self._send, request)
-        future: Future[str | Sent] = Future()
+    def submit(self, tag: int, request: Mapping[str, Any]) -> None:
+        """Start sending ``request``; its :class:`Outcome` carries ``tag``."""
+        if self.concurrency == 1:
+            self._done.put(self._outcome(tag, request))
+            return
+        self._todo.put((tag, request))
+        if not self._idle.acquire(blocking=False) and len(self._threads) < self.concurrency:
+            self._start_thread()
+
+    def completed(self, *, at_least: int = 1, linger: float = 0.0) -> list[Outcome]:
+        """Wait for one send to end; then take every other outcome already there, waiting up
+        to ``linger`` seconds more while fewer than ``at_least`` have been taken. Only call it
+        with sends in flight."""
+        done = [self._done.get()]
+        deadline = time.monotonic() + linger if linger > 0 else 0.0
+        while True:
+            try:
+                done.append(self._done.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = deadline - time.monotonic() if len(done) < at_least else 0.0
+            if left <= 0:
+                return done
+            try:
+                done.append(self._done.get(timeout=left))
+            except queue.Empty:
+                return done
+
+    def _start_thread(self) -> None:
+        with self._lock:
+            if len(self._threads) >= self.concurrency:
+                return
+            thread = threading.Thread(
+                target=self._work, name=f"send-{self.channel}-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _work(self) -> None:
+        while (item := self._todo.get()) is not None:
+            self._done.put(self._outcome(*item))
+            self._idle.release()
+
+    def _outcome(self, tag: int, request: Mapping[str, Any]) -> Outcome:
         try:
-            future.set_result(self._send(request))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
+            return Outcome(tag, self._send(request), None)
+        except BaseException as exc:  # the batch thread decides what each failure means
+            return Outcome(tag, None, exc)
 
     def _send(self, request: Mapping[str, Any]) -> str | Sent:
         waited = self.limit.acquire()
@@ -171,5 +225,9 @@ class SendPool:
 
     def close(self) -> None:
         """Wait for the sends in flight, then stop the threads."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._todo.put(None)
+        for thread in threads:
+            thread.join()

@@ -11,6 +11,7 @@ import pytest
 
 from herald.errors import RetryableError
 from herald.sender import Breaker, SenderHandler, SendPool, TokenBucket
+from herald.sender.pool import Outcome
 from herald.streaming import Handled
 from tests.unit.test_sender import (
     CATALOGUE_T,
@@ -187,6 +188,33 @@ def test_the_pool_waits_for_the_rate_limit_before_each_send() -> None:
         concurrency=1,
         limit=TokenBucket(5, burst=1, clock=time.clock, sleep=time.sleep),
     )
-    for _ in range(6):
-        assert pool.submit(request()).result()
+    for n in range(6):
+        pool.submit(n, request())
+        (outcome,) = pool.completed()
+        assert outcome.tag == n and outcome.result and outcome.error is None
     assert len(send.sent) == 6 and time.slept == pytest.approx([0.2] * 5)
+
+
+def test_the_pool_hands_back_every_outcome_with_its_tag_and_stops_its_threads() -> None:
+
+    class Flaky:
+        def __call__(self, request: Mapping[str, Any]) -> str:
+            if request["destination"] == "down":
+                raise RetryableError("no answer", error_class="sms.timeout")
+            return f"id-{request['destination']}"
+
+    pool = SendPool(Flaky(), channel="sms", concurrency=8)
+    for n in range(50):
+        pool.submit(n, request(destination="down" if n % 7 == 0 else str(n)))
+    outcomes: list[Outcome] = []
+    while len(outcomes) < 50:
+        outcomes.extend(pool.completed(at_least=10, linger=0.05))
+    assert sorted(o.tag for o in outcomes) == list(range(50))
+    for tag, result, error in outcomes:
+        if tag % 7 == 0:
+            assert result is None and isinstance(error, RetryableError)
+        else:
+            assert result == f"id-{tag}" and error is None
+    assert 1 <= len(pool._threads) <= 8
+    pool.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("send-sms-")]
