@@ -10,7 +10,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -36,7 +36,7 @@ from herald.metrics import DELIVERIES, ERRORS, labelled
 from herald.observability import observe_final
 from herald.sender.breaker import Breaker
 from herald.sender.journal import Claim, JournalEntry, SendJournal
-from herald.sender.pool import IN_FLIGHT, Outcome, SendFunction, SendPool, Sent, as_sent
+from herald.sender.pool import IN_FLIGHT, WAKE, Outcome, SendFunction, SendPool, Sent, as_sent
 from herald.sender.providers import PIN_UNKNOWN, with_pin
 from herald.serde import SerdeError, decode
 from herald.status import status_event, status_outgoing
@@ -246,8 +246,11 @@ class SenderHandler:
         # refilling the window (a confirm is a database round trip, and the batch loop was the
         # limit at hundreds in flight); the batch waits for all of them before it returns, so
         # no status event is produced and no offset committed before its confirm is stored.
+        # Each is kept with how many sends it confirms: those count against the window until
+        # it is written, so a sender killed at any moment leaves at most ``concurrency``
+        # claims unconfirmed (sends in flight and sends whose confirm was under way).
         self._confirmer = ThreadPoolExecutor(1, thread_name_prefix=f"{routes.channel}-confirm")
-        self._confirms: list[Future[None]] = []
+        self._confirms: dict[Future[None], int] = {}
         CIRCUIT_OPEN.labels(routes.channel).set(0)
 
     def close(self) -> None:
@@ -261,10 +264,10 @@ class SenderHandler:
         if wait_all:
             wait(self._confirms)
         failed = [f for f in self._confirms if f.done() and f.exception() is not None]
-        self._confirms = [f for f in self._confirms if not f.done()]
+        self._confirms = {f: n for f, n in self._confirms.items() if not f.done()}
         if failed:
             wait(self._confirms)  # the rest end before the error stops the batch
-            self._confirms = []
+            self._confirms = {}
             raise cast(BaseException, failed[0].exception())
 
     def window(self) -> int:
@@ -300,7 +303,7 @@ class SenderHandler:
         try:
             while (index < len(decoded) and held_from is None) or in_flight:
                 group: list[int] = []
-                room = self.window() - len(in_flight)
+                room = self.window() - len(in_flight) - sum(self._confirms.values())
                 while held_from is None and index < len(decoded) and len(group) < room:
                     message, request = decoded[index]
                     delivery_id = request["delivery_id"]
@@ -325,6 +328,9 @@ class SenderHandler:
                     done = self._completed(in_flight)
                     self._finish(done, decoded, results, in_flight, busy)
                     IN_FLIGHT.labels(channel).set(len(in_flight))
+                elif self._confirms and not group:
+                    # The window is taken by confirms being written: wait for the first.
+                    wait(self._confirms, return_when=FIRST_COMPLETED)
                 self._confirmed(wait_all=False)
             self._confirmed(wait_all=True)
         finally:
@@ -335,7 +341,7 @@ class SenderHandler:
             IN_FLIGHT.labels(channel).set(0)
             if self._confirms:  # a failure elsewhere: let the confirms under way end
                 wait(self._confirms)
-                self._confirms = []
+                self._confirms = {}
         for result in results:
             outgoing.extend(result)
         if held_from is not None:
@@ -404,6 +410,8 @@ class SenderHandler:
         released: list[str] = []
         # In batch order, so the breaker sees failures in the order the records came.
         for i, result, exc in sorted(done, key=lambda outcome: outcome.tag):
+            if i == WAKE:
+                continue
             in_flight.discard(i)
             message, request = decoded[i]
             delivery_id = request["delivery_id"]
@@ -437,12 +445,14 @@ class SenderHandler:
         self.journal.release_many(released)
         if not accepted:
             return
-        self._confirms.append(
-            self._confirmer.submit(
-                self.journal.confirm_many,
-                [(decoded[i][1]["delivery_id"], sent.message_id) for i, sent in accepted],
-            )
+        confirm = self._confirmer.submit(
+            self.journal.confirm_many,
+            [(decoded[i][1]["delivery_id"], sent.message_id) for i, sent in accepted],
         )
+        self._confirms[confirm] = len(accepted)
+        # Its room in the window is free once it is written: a batch waiting for sends to end
+        # wakes up then, to refill the window.
+        confirm.add_done_callback(lambda _: self.pool.wake())
         for i, sent in accepted:
             message, request = decoded[i]
             delivery_id = request["delivery_id"]

@@ -115,6 +115,10 @@ class TokenBucket:
         return wait
 
 
+#: The tag of the outcome :meth:`SendPool.wake` hands back: no send, skip it.
+WAKE = -1
+
+
 class Outcome(NamedTuple):
     """How one send ended: ``tag`` as given to :meth:`SendPool.submit`, and the provider's id
     or the exception it raised."""
@@ -168,6 +172,11 @@ class SendPool:
         self._todo.put((tag, request))
         if not self._idle.acquire(blocking=False) and len(self._threads) < self.concurrency:
             self._start_thread()
+
+    def wake(self) -> None:
+        """Make a :meth:`completed` waiting now (or the next) return, with an outcome tagged
+        :data:`WAKE` (safe from any thread; e.g. when a confirmation frees room in the window)."""
+        self._done.put(Outcome(WAKE, None, None))
 
     def completed(self, *, at_least: int = 1, linger: float = 0.0) -> list[Outcome]:
         """Wait for one send to end; then take every other outcome already there, waiting up
