@@ -14,7 +14,7 @@ from herald.errors import RetryableError
 from herald.sender import Breaker, SenderHandler, SendPool, TokenBucket
 from herald.sender.journal import Claim
 from herald.sender.pool import Outcome
-from herald.streaming import Handled
+from herald.streaming import Handled, Outgoing
 from tests.unit.test_sender import (
     CATALOGUE_T,
     NOW,
@@ -106,17 +106,26 @@ def concurrent_handler(
     )
 
 
-def test_a_batch_is_sent_concurrently_claimed_and_confirmed_in_groups() -> None:
-    send, journal = Overlapping(8), Journal()
+def send_warm_batch(
+    send: FakeChannel, journal: Journal, count: int
+) -> tuple[list[dict[str, Any]], list[Outgoing]]:
+    """``count`` requests through a handler of 8 in flight, already warmed up; every one of
+    them was sent."""
     sender = concurrent_handler(send, journal, 8)
-    sender._window = 8  # warmed up
-    requests = [request() for _ in range(32)]
+    sender._window = 8
+    requests = [request() for _ in range(count)]
     try:
         out = sender([message(r, offset=i) for i, r in enumerate(requests)])
     finally:
         sender.close()
     assert isinstance(out, list)
     assert sorted(send.sent) == sorted(r["delivery_id"] for r in requests)
+    return requests, out
+
+
+def test_a_batch_is_sent_concurrently_claimed_and_confirmed_in_groups() -> None:
+    send, journal = Overlapping(8), Journal()
+    requests, out = send_warm_batch(send, journal, 32)
     assert send.most == 8
     assert [e["status"] for e in statuses(out)] == ["sent"] * 32
     # Status events come in the batch's order, whatever order the provider answered in.
@@ -155,16 +164,9 @@ class SlowConfirms(Journal):
 
 
 def test_claims_unconfirmed_never_exceed_the_concurrency_even_with_slow_confirms() -> None:
-    send, journal = FakeChannel(), SlowConfirms()
-    sender = concurrent_handler(send, journal, 8)
-    sender._window = 8  # warmed up
-    requests = [request() for _ in range(200)]
-    try:
-        out = sender([message(r, offset=i) for i, r in enumerate(requests)])
-    finally:
-        sender.close()
-    assert isinstance(out, list) and len(statuses(out)) == 200
-    assert sorted(send.sent) == sorted(r["delivery_id"] for r in requests)
+    journal = SlowConfirms()
+    _, out = send_warm_batch(FakeChannel(), journal, 200)
+    assert len(statuses(out)) == 200
     # Sends in flight plus sends whose confirmation is being written: at most 8 at any moment,
     # so a sender killed at any point leaves at most 8 uncertain (email parks them).
     assert 1 < journal.most_open <= 8
