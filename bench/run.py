@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack
@@ -42,11 +41,10 @@ import psycopg
 from confluent_kafka import Consumer, Producer
 
 from bench import senders
-from bench.standins import STANDIN_LABELS, ceilings, standin
+from bench.standins import STANDIN_LABELS, ceilings, private_sms_standin, private_smtp_sink
 from herald.db import migrate
 from herald.db.engine import search_path_options
 from herald.devstack import stack
-from herald.devstack.process import free_port
 from herald.serde import encode
 from herald.settings import Settings, get_settings
 from herald.streaming import producer_config
@@ -364,17 +362,9 @@ def private_standins(stack: ExitStack, channels: list[str]) -> dict[str, str]:
     the senders at them."""
     env: dict[str, str] = {}
     if "email" in channels:
-        port, api_port = free_port(), free_port()
-        store = stack.enter_context(tempfile.TemporaryDirectory(prefix="herald-bench-smtp-"))
-        argv = ["herald.devstack.smtp_sink", "--port", str(port), "--api-port", str(api_port),
-                "--store", str(Path(store) / "messages")]  # fmt: skip
-        stack.enter_context(standin(argv, [port, api_port], 0))
-        env["SMTP_URL"] = f"smtp://127.0.0.1:{port}"
+        env["SMTP_URL"] = f"smtp://127.0.0.1:{stack.enter_context(private_smtp_sink(0))}"
     if "sms" in channels:
-        port = free_port()
-        argv = ["herald.devstack.sms_standin", "--port", str(port)]
-        stack.enter_context(standin(argv, [port], 0))
-        env["SMS_API_URL"] = f"http://127.0.0.1:{port}"
+        env["SMS_API_URL"] = f"http://127.0.0.1:{stack.enter_context(private_sms_standin(0))}"
     return env
 
 

@@ -18,17 +18,15 @@ Run: ``python -m bench.senders [--count 6000] [--latency-ms 100] [--concurrency 
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import psycopg
 from confluent_kafka import Message
 
-from bench.standins import standin
+from bench.standins import private_sms_standin, private_smtp_sink, standin
 from herald.db import make_engine, migrate
 from herald.devstack.process import free_port
 from herald.sender import PostgresJournal, SenderHandler, SenderRoutes, SendFunction, SendPool
@@ -154,8 +152,7 @@ def measure(count: int, latency_ms: float, concurrency: int) -> dict[str, float]
     """Deliveries/s for SMS, email and webhooks."""
     settings = get_settings()
     results: dict[str, float] = {}
-    port = free_port()
-    with standin(["herald.devstack.sms_standin", "--port", str(port)], [port], latency_ms):
+    with private_sms_standin(latency_ms) as port:
         sms = SmsSettings(sms_api_url=f"http://127.0.0.1:{port}")
         api = SmsApi(sms)
         requests, warm = (
@@ -165,23 +162,19 @@ def measure(count: int, latency_ms: float, concurrency: int) -> dict[str, float]
         results["sms"] = run(
             settings, "sms", SmsSender(api, 10), api.close, requests, concurrency, warm_up=warm
         )
-    port, api_port = free_port(), free_port()
-    with tempfile.TemporaryDirectory(prefix="herald-bench-smtp-") as tmp:
-        argv = ["herald.devstack.smtp_sink", "--port", str(port), "--api-port", str(api_port),
-                "--store", str(Path(tmp) / "messages")]  # fmt: skip
-        with standin(argv, [port, api_port], latency_ms):
-            pool = SmtpPool(SmtpEndpoint("smtp", "127.0.0.1", port), concurrency)
-            send = EmailSender(pool, settings.smtp.email_from)
-            requests, warm = (
-                [
-                    delivery_request("email", f"b{i}@example.test", subject="Hi", body_text="x")
-                    for i in range(n)
-                ]
-                for n in (count, warm_up_count(concurrency))
-            )
-            results["email"] = run(
-                settings, "email", send, pool.close, requests, concurrency, warm_up=warm
-            )
+    with private_smtp_sink(latency_ms) as port:
+        pool = SmtpPool(SmtpEndpoint("smtp", "127.0.0.1", port), concurrency)
+        send = EmailSender(pool, settings.smtp.email_from)
+        requests, warm = (
+            [
+                delivery_request("email", f"b{i}@example.test", subject="Hi", body_text="x")
+                for i in range(n)
+            ]
+            for n in (count, warm_up_count(concurrency))
+        )
+        results["email"] = run(
+            settings, "email", send, pool.close, requests, concurrency, warm_up=warm
+        )
     results["webhook"] = measure_webhook(settings, count, latency_ms, concurrency)
     return results
 

@@ -155,24 +155,41 @@ async def _drive(client: Client, port: int, concurrency: int, seconds: float, li
     return done[0] / (time.monotonic() - started)
 
 
-def measure_sms(concurrency: int, seconds: float, limit: int, latency_ms: float = 0) -> float:
-    """Requests/s of a private SMS stand-in under ``concurrency`` keep-alive clients."""
+@contextmanager
+def private_sms_standin(latency_ms: float, *, store: bool = False) -> Iterator[int]:
+    """An SMS stand-in of our own on a free loopback port (its port), answering in
+    ``latency_ms``; with ``store``, it also writes every message to a temporary file."""
     port = free_port()
+    argv = ["herald.devstack.sms_standin", "--host", "127.0.0.1", "--port", str(port)]
     with tempfile.TemporaryDirectory(prefix="herald-bench-sms-") as tmp:
-        argv = ["herald.devstack.sms_standin", "--host", "127.0.0.1", "--port", str(port),
-                "--store", str(Path(tmp) / "messages.jsonl")]  # fmt: skip
+        if store:
+            argv += ["--store", str(Path(tmp) / "messages.jsonl")]
         with standin(argv, [port], latency_ms):
-            return asyncio.run(_drive(_sms_client, port, concurrency, seconds, limit))
+            yield port
 
 
-def measure_smtp(concurrency: int, seconds: float, limit: int, latency_ms: float = 0) -> float:
-    """Messages/s of a private SMTP sink under ``concurrency`` SMTP sessions."""
+@contextmanager
+def private_smtp_sink(latency_ms: float) -> Iterator[int]:
+    """An SMTP sink of our own on a free loopback port (its SMTP port), answering in
+    ``latency_ms``, its store in a temporary folder."""
     port, api_port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="herald-bench-smtp-") as tmp:
         argv = ["herald.devstack.smtp_sink", "--host", "127.0.0.1", "--port", str(port),
                 "--api-port", str(api_port), "--store", str(Path(tmp) / "messages")]  # fmt: skip
         with standin(argv, [port, api_port], latency_ms):
-            return asyncio.run(_drive(_smtp_client, port, concurrency, seconds, limit))
+            yield port
+
+
+def measure_sms(concurrency: int, seconds: float, limit: int, latency_ms: float = 0) -> float:
+    """Requests/s of a private SMS stand-in under ``concurrency`` keep-alive clients."""
+    with private_sms_standin(latency_ms, store=True) as port:
+        return asyncio.run(_drive(_sms_client, port, concurrency, seconds, limit))
+
+
+def measure_smtp(concurrency: int, seconds: float, limit: int, latency_ms: float = 0) -> float:
+    """Messages/s of a private SMTP sink under ``concurrency`` SMTP sessions."""
+    with private_smtp_sink(latency_ms) as port:
+        return asyncio.run(_drive(_smtp_client, port, concurrency, seconds, limit))
 
 
 def ceilings(seconds: float = 5, limit: int = 200_000) -> dict[str, float]:
