@@ -34,16 +34,35 @@ def free_port() -> int:
     low, high = FREE_PORT_RANGE
     for _ in range(1000):
         port = random.randint(low, high)
-        if {port - 1, port, port + 1} & _handed_out:
+        if {port - 1, port, port + 1} & _handed_out or not port_free(port):
             continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
         _handed_out.add(port)
         return port
     raise StackError(f"no free loopback port found in {low}-{high}")
+
+
+def free_ports(count: int, *, pairs: int = 0) -> list[int]:
+    """``count`` distinct free loopback ports; the first ``pairs`` of them have port+1 free too
+    (the SMTP sink serves its HTTP API on the port after SMTP)."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = free_port()
+        needs_pair = len(chosen) < pairs
+        taken = set(chosen) | {p + 1 for p in chosen[:pairs]}
+        if port in taken or (needs_pair and (port + 1 in taken or not port_free(port + 1))):
+            continue
+        chosen.append(port)
+    return chosen
+
+
+def port_free(port: int) -> bool:
+    """True when ``port`` can be bound on loopback right now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:

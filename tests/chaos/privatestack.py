@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from herald.devstack.components import (
     WebhookSink,
     components,
 )
-from herald.devstack.process import StackError, free_port, read_pid
+from herald.devstack.process import StackError, free_ports, read_pid
 from herald.settings import (
     DatabaseSettings,
     KafkaSettings,
@@ -44,29 +43,6 @@ from herald.settings import (
 #: ``.local/`` because PostgreSQL runs as the ``postgres`` user, which must reach the folder
 #: (pytest's temporary folders are private to root).
 CHAOS_DIR = PROJECT_ROOT / ".local" / "chaos"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports(count: int, *, pairs: int = 0) -> list[int]:
-    """``count`` distinct free loopback ports; the first ``pairs`` of them have port+1 free too
-    (the SMTP sink serves its HTTP API on the port after SMTP)."""
-    chosen: list[int] = []
-    while len(chosen) < count:
-        port = free_port()
-        needs_pair = len(chosen) < pairs
-        taken = set(chosen) | {p + 1 for p in chosen[:pairs]}
-        if port in taken or (needs_pair and (port + 1 in taken or not _port_free(port + 1))):
-            continue
-        chosen.append(port)
-    return chosen
 
 
 def private_settings(state_dir: Path) -> Settings:

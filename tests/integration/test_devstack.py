@@ -17,7 +17,7 @@ import pytest
 from herald import PROJECT_ROOT
 from herald.devstack import stack
 from herald.devstack.components import Kafka, Sms, kafka_version
-from herald.devstack.process import StackError, free_port, port_answers, read_pid
+from herald.devstack.process import StackError, free_port, free_ports, port_answers, read_pid
 from herald.settings import (
     DatabaseSettings,
     KafkaSettings,
@@ -27,7 +27,6 @@ from herald.settings import (
     SmtpSettings,
     WebhookSinkSettings,
 )
-from tests.chaos.privatestack import free_ports
 
 pytestmark = pytest.mark.integration
 

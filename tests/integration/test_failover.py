@@ -22,11 +22,11 @@ from confluent_kafka import Producer
 
 from herald.auth import LOCAL_ADMIN_API_KEY
 from herald.devstack.components import SmsB, SmtpB
+from herald.devstack.process import free_ports
 from herald.serde import encode
 from herald.settings import DatabaseSettings, KafkaSettings, Settings
 from herald.streaming import producer_config
 from schemas import Catalogue
-from tests.chaos.privatestack import free_ports
 from tests.integration.delivery_util import (
     delivery_request,
     publish,

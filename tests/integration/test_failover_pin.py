@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
+from herald.devstack.process import free_ports
 from herald.headers import H_PROVIDER_PIN, read_headers
 from herald.settings import DatabaseSettings, KafkaSettings, Settings
 from schemas import Catalogue
 from services.sms_sender.client import messages_path
-from tests.chaos.privatestack import free_ports
 from tests.integration.delivery_util import (
     delivery_request,
     publish,
